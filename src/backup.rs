@@ -1,0 +1,113 @@
+//! Backing up one repository into a store: the step both `backup` and `run` take.
+
+use std::{collections::BTreeSet, path::Path};
+
+use anyhow::{Context, Result, anyhow};
+use chrono::Utc;
+
+use crate::{
+    snapshot::{Snapshot, Vcs},
+    store::Store,
+    vcs::git::{self, backup::Previous},
+};
+
+/// What one backup did.
+#[derive(Debug, Clone)]
+pub struct BackupReport {
+    pub snapshot_id: String,
+    pub bytes_read: u64,
+    pub bytes_stored: u64,
+    pub objects: u64,
+}
+
+/// How often a backup is retried when the source's packs changed underneath it (a `git gc`
+/// or repack running at the same time).
+const ATTEMPTS: usize = 3;
+
+/// Backs up the git repository at `path` as `name`, incrementally against its latest
+/// snapshot. The snapshot is written only after everything it needs is stored.
+pub fn backup_git(store: &Store, name: &str, path: &Path, scratch: &Path) -> Result<BackupReport> {
+    crate::name::validate(name)?;
+    let parent = store.latest_snapshot(name)?;
+    let previous = parent
+        .as_ref()
+        .map(|p| previous_of(&p.snapshot))
+        .transpose()?;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let repo = git::source::open(path)?;
+        let git_dir = repo.git_dir().to_owned();
+        let packs_before = pack_files(&git_dir);
+        // Refs first, objects after: objects a ref points at are written before the ref,
+        // so a concurrent push can only add objects we do not need.
+        let source_changed_at = git::source::refs_changed_at(&git_dir);
+        let refs = git::source::read_refs(&repo)?;
+        let object_format = repo.object_hash().to_string();
+        let result = git::backup::write_pack(store, repo, &refs, previous.as_ref(), scratch);
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(e) if attempt < ATTEMPTS && pack_files(&git_dir) != packs_before => {
+                tracing::warn!(repo = name, error = %format!("{e:#}"), "source packs changed during the backup; retrying");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let snapshot = Snapshot {
+            repo: name.to_owned(),
+            vcs: Vcs::Git,
+            created_at: Utc::now(),
+            source_changed_at,
+            parent: parent.as_ref().map(|p| p.id.clone()),
+            head: refs.head.clone(),
+            head_detached: refs.head_detached.map(|id| id.to_string()),
+            refs: refs
+                .refs
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_string()))
+                .collect(),
+            symbolic_refs: refs.symbolic_refs.clone(),
+            object_format,
+            packs: outcome.pack.iter().cloned().collect(),
+            source_path: path.display().to_string(),
+            hostname: hostname(),
+            tool_version: env!("CARGO_PKG_VERSION").to_owned(),
+        };
+        let snapshot_id = store.write_snapshot(&snapshot)?;
+        return Ok(BackupReport {
+            snapshot_id,
+            bytes_read: outcome.bytes_read,
+            bytes_stored: outcome.bytes_stored,
+            objects: outcome.pack.map_or(0, |p| p.objects),
+        });
+    }
+}
+
+fn previous_of(snapshot: &Snapshot) -> Result<Previous> {
+    let mut tips = BTreeSet::new();
+    for id in snapshot.refs.values().chain(snapshot.head_detached.iter()) {
+        tips.insert(
+            gix::ObjectId::from_hex(id.as_bytes())
+                .map_err(|e| anyhow!("previous snapshot has a bad object id {id}: {e}"))?,
+        );
+    }
+    Ok(Previous { tips })
+}
+
+fn pack_files(git_dir: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(git_dir.join("objects/pack"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .context("reading the hostname")
+        .unwrap_or_else(|_| "unknown".into())
+}

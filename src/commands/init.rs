@@ -1,0 +1,24 @@
+//! `repovault init`: create an empty store.
+
+use anyhow::Result;
+use clap::Args;
+
+use super::{Context, Outcome, StoreArg};
+use crate::store::{InitOutcome, Store};
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+}
+
+pub fn run(ctx: &Context, args: &InitArgs) -> Result<Outcome> {
+    let location = ctx.config.store(args.store.store.as_deref())?;
+    match Store::init(&location)? {
+        InitOutcome::Created => eprintln!("created repovault store at {location}"),
+        InitOutcome::AlreadyAStore => {
+            eprintln!("{location} is already a repovault store; nothing to do")
+        }
+    }
+    Ok(Outcome::Done)
+}

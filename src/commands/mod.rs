@@ -1,0 +1,59 @@
+//! One module per subcommand, mirroring the CLI. Each has an `Args` (clap) and a `run`
+//! returning the [`Outcome`] that `main` turns into an exit code.
+
+pub mod backup;
+pub mod init;
+pub mod restore;
+pub mod snapshots;
+pub mod verify;
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+/// How a command ended, when it did not fail outright.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Everything asked was done (exit 0).
+    Done,
+    /// Some of the work failed (exit 1).
+    PartlyFailed,
+    /// `verify` found damage (exit 3).
+    Damaged,
+    /// `lag` found a repository above `--max-lag` (exit 4).
+    Stale,
+}
+
+/// The `--store` option shared by every command that reads or writes a store.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArg {
+    /// The store: a local or NFS path (ssh:// stores are planned).
+    #[arg(long, env = "REPOVAULT_STORE", value_name = "STORE")]
+    pub store: Option<String>,
+}
+
+/// Options every command sees.
+#[derive(Debug, Clone, Default)]
+pub struct Context {
+    pub config: crate::config::Config,
+    pub scratch_dir: Option<PathBuf>,
+}
+
+impl Context {
+    pub fn open_store(&self, arg: &StoreArg) -> anyhow::Result<crate::store::Store> {
+        crate::store::Store::open(&self.config.store(arg.store.as_deref())?)
+    }
+
+    /// A fresh scratch directory, removed when dropped.
+    pub fn scratch(&self) -> anyhow::Result<tempfile::TempDir> {
+        let dir = self
+            .scratch_dir
+            .clone()
+            .or_else(|| self.config.scratch_dir.clone())
+            .unwrap_or_else(std::env::temp_dir);
+        tempfile::Builder::new()
+            .prefix("repovault-")
+            .tempdir_in(&dir)
+            .map_err(|e| anyhow::anyhow!("scratch directory {}: {e}", dir.display()))
+    }
+}

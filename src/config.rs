@@ -1,0 +1,62 @@
+//! The TOML config file. Flags win over the environment, the environment over the file:
+//! clap resolves the first two, and `Config` supplies what both left unset.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+use crate::error::usage;
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The store (local path or ssh:// URL).
+    pub store: Option<String>,
+    /// PostgreSQL URL of the change feed.
+    pub database_url: Option<String>,
+    /// "text" or "json".
+    pub log_format: Option<String>,
+    /// Where the pack indexer keeps its working copy during a backup (default: the system
+    /// temporary directory). Must be local and have room for the largest repository's pack.
+    pub scratch_dir: Option<PathBuf>,
+    /// Replacement for the `ssh` command for ssh:// stores.
+    pub ssh_command: Option<String>,
+    /// The repovault binary on the remote host of an ssh:// store.
+    pub remote_command: Option<String>,
+    /// SQL returning `name, path, vcs, changed_at` for the change feed.
+    pub feed_query: Option<String>,
+    /// Base for relative `path` values of the change feed.
+    pub repos_root: Option<PathBuf>,
+    /// Default `--jobs` of `run`.
+    pub jobs: Option<usize>,
+    /// Default `--rate-limit` of `run`.
+    pub rate_limit: Option<String>,
+}
+
+impl Config {
+    /// Reads the file named by `--config` or `REPOVAULT_CONFIG`; no file is an empty config.
+    pub fn load(path: Option<&Path>) -> Result<Config> {
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            usage(format!(
+                "config file {}: cannot read it: {e}",
+                path.display()
+            ))
+        })?;
+        toml::from_str(&text)
+            .map_err(|e| usage(format!("config file {}: {e}", path.display())))
+            .context("loading configuration")
+    }
+
+    /// The store from the flag/env value, else from the file, else a usage error.
+    pub fn store(&self, from_flag_or_env: Option<&str>) -> Result<String> {
+        from_flag_or_env
+            .map(str::to_owned)
+            .or_else(|| self.store.clone())
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| usage("no store given: pass --store, set REPOVAULT_STORE, or set `store` in the config file"))
+    }
+}

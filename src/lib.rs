@@ -1,0 +1,14 @@
+//! repovault: incremental disk-to-disk backup of a forge's repositories.
+//!
+//! Layers, from the bottom: `store` (content-addressed objects and snapshot manifests on a
+//! backend), `vcs` (reading and writing git repositories), `commands` (one module per
+//! subcommand, mirroring the CLI). Library code returns errors; `main` decides exit codes.
+
+pub mod backup;
+pub mod commands;
+pub mod config;
+pub mod error;
+pub mod name;
+pub mod snapshot;
+pub mod store;
+pub mod vcs;

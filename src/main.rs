@@ -1,0 +1,123 @@
+//! The `repovault` binary: parses the command line, sets up logging, runs one command and
+//! turns its outcome into the exit code the contract defines.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use repovault::{
+    commands::{self, Context, Outcome},
+    config::Config,
+    error::is_usage,
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "repovault",
+    version,
+    about = "Incremental backup of a forge's git repositories"
+)]
+struct Cli {
+    /// TOML config file.
+    #[arg(long, global = true, env = "REPOVAULT_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    /// More log output (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    verbose: u8,
+    /// Errors only.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create an empty store.
+    Init(commands::init::InitArgs),
+    /// Back up one repository now (incremental against its latest snapshot).
+    Backup(commands::backup::BackupArgs),
+    /// List snapshots, oldest first.
+    Snapshots(commands::snapshots::SnapshotsArgs),
+    /// Rebuild a repository as it was at a snapshot.
+    Restore(commands::restore::RestoreArgs),
+    /// Check the store's integrity.
+    Verify(commands::verify::VerifyArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => 0,
+                _ => 2,
+            });
+        }
+    };
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(e) => return report(&e),
+    };
+    let format = match (cli.log_format, config.log_format.as_deref()) {
+        (Some(f), _) => f,
+        (None, Some("json")) => LogFormat::Json,
+        (None, Some("text") | None) => LogFormat::Text,
+        (None, Some(other)) => {
+            eprintln!("error: config: log_format must be \"text\" or \"json\", not {other:?}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(format, cli.verbose, cli.quiet);
+    let ctx = Context {
+        config,
+        scratch_dir: None,
+    };
+    let result = match &cli.command {
+        Command::Init(args) => commands::init::run(&ctx, args),
+        Command::Backup(args) => commands::backup::run(&ctx, args),
+        Command::Snapshots(args) => commands::snapshots::run(&ctx, args),
+        Command::Restore(args) => commands::restore::run(&ctx, args),
+        Command::Verify(args) => commands::verify::run(&ctx, args),
+    };
+    match result {
+        Ok(Outcome::Done) => ExitCode::SUCCESS,
+        Ok(Outcome::PartlyFailed) => ExitCode::from(1),
+        Ok(Outcome::Damaged) => ExitCode::from(3),
+        Ok(Outcome::Stale) => ExitCode::from(4),
+        Err(e) => report(&e),
+    }
+}
+
+/// One readable line per error: the context chain joined, no backtrace.
+fn report(err: &anyhow::Error) -> ExitCode {
+    eprintln!("error: {err:#}");
+    ExitCode::from(if is_usage(err) { 2 } else { 1 })
+}
+
+fn init_logging(format: LogFormat, verbose: u8, quiet: bool) {
+    let level = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, _) => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("REPOVAULT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("repovault={level}")));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

@@ -1,0 +1,71 @@
+//! The snapshot manifest: what one backup of one repository recorded. Serialized as JSON
+//! into `snapshots/<repo key>/<id>`, where the id is the BLAKE3 hash of those bytes.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::store::chunker::ChunkList;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Vcs {
+    Git,
+    Hg,
+}
+
+impl std::fmt::Display for Vcs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Vcs::Git => "git",
+            Vcs::Hg => "hg",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub repo: String,
+    pub vcs: Vcs,
+    pub created_at: DateTime<Utc>,
+    /// When the source last changed, as far as the source could tell us (newest ref update).
+    pub source_changed_at: DateTime<Utc>,
+    /// The snapshot this one is incremental to; `None` for a full snapshot.
+    pub parent: Option<String>,
+    /// HEAD's symbolic target, `None` when HEAD is detached (see `head_detached`).
+    pub head: Option<String>,
+    /// HEAD's object id when it is detached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_detached: Option<String>,
+    /// Every direct ref: name to the object id it points at (not peeled).
+    pub refs: BTreeMap<String, String>,
+    /// Symbolic refs other than HEAD: name to the ref they point at.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub symbolic_refs: BTreeMap<String, String>,
+    /// "sha1" or "sha256" for git.
+    pub object_format: String,
+    /// Data new in this snapshot, oldest first.
+    pub packs: Vec<PackRecord>,
+    /// Where and how the snapshot was made, for people reading the store.
+    pub source_path: String,
+    pub hostname: String,
+    pub tool_version: String,
+}
+
+/// One git pack (with its index) stored as chunked streams.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackRecord {
+    /// The pack's own trailing checksum (hex), which git names the pack files after.
+    pub checksum: String,
+    pub objects: u64,
+    pub pack: ChunkList,
+    pub index: ChunkList,
+}
+
+impl Snapshot {
+    /// The short form shown to people; any unique prefix works for `--at`.
+    pub fn short_id(id: &str) -> &str {
+        &id[..id.len().min(12)]
+    }
+}

@@ -1,0 +1,33 @@
+//! The storage-target abstraction: everything the repository layer needs from a place
+//! that holds files. Paths are store-relative and always use `/`.
+//!
+//! The contract every backend keeps: a file appears whole or not at all, is durable once
+//! `write_new` returns, and is never modified after it is written. That is what lets many
+//! hosts write one store and `prune` delete while backups run (see docs/FORMAT.md).
+
+use std::io;
+
+pub trait Backend: Send + Sync {
+    /// Human-readable location, for error messages.
+    fn location(&self) -> String;
+
+    /// Reads a whole file.
+    fn read(&self, path: &str) -> io::Result<Vec<u8>>;
+
+    /// Atomically and durably creates `path` with `data`. Returns `false` without writing
+    /// when the file already exists: content-addressed files never need rewriting.
+    fn write_new(&self, path: &str, data: &[u8]) -> io::Result<bool>;
+
+    /// True when `path` exists.
+    fn exists(&self, path: &str) -> io::Result<bool>;
+
+    /// Names (not paths) of the entries of directory `dir`; empty when it does not exist.
+    /// Temporary files of unfinished writes are not listed.
+    fn list(&self, dir: &str) -> io::Result<Vec<String>>;
+
+    /// Removes a file; removing a missing file is not an error.
+    fn remove(&self, path: &str) -> io::Result<()>;
+
+    /// Creates a directory (and its parents) durably; existing is fine.
+    fn create_dir(&self, dir: &str) -> io::Result<()>;
+}

@@ -1,0 +1,132 @@
+//! Streams of bytes (pack data, pack indexes) are cut into content-defined chunks and
+//! stored as objects, so memory stays flat whatever the stream's size and a stream that is
+//! sent again (a killed backup re-run) finds most of its chunks already stored.
+
+use std::io::{self, Read, Write};
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+use super::{ChunkParams, ObjectId, Store, hash_hex};
+
+/// A stored stream: its chunks in order, and its total length.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkList {
+    pub size: u64,
+    pub chunks: Vec<ObjectId>,
+}
+
+/// Writes a stream into the store chunk by chunk.
+pub struct ChunkedWriter<'a> {
+    store: &'a Store,
+    params: ChunkParams,
+    buf: Vec<u8>,
+    list: ChunkList,
+    stored_bytes: u64,
+}
+
+impl<'a> ChunkedWriter<'a> {
+    pub fn new(store: &'a Store) -> Self {
+        let params = store.config().chunking.clone();
+        ChunkedWriter {
+            store,
+            params,
+            buf: Vec::new(),
+            list: ChunkList::default(),
+            stored_bytes: 0,
+        }
+    }
+
+    /// Cuts and stores chunks. Unless `last`, the tail after the final cut point is kept:
+    /// a cut only counts once the data after it is known.
+    fn flush_chunks(&mut self, last: bool) -> Result<()> {
+        let ChunkParams {
+            min_size,
+            avg_size,
+            max_size,
+            ..
+        } = &self.params;
+        let (min_size, avg_size, max_size) = (*min_size, *avg_size, *max_size);
+        let mut consumed = 0;
+        let cuts: Vec<(usize, usize)> = fastcdc::v2020::FastCDC::new(
+            &self.buf,
+            min_size as usize,
+            avg_size as usize,
+            max_size as usize,
+        )
+        .map(|c| (c.offset, c.length))
+        .collect();
+        for (offset, length) in cuts {
+            if !last && offset + length == self.buf.len() {
+                break;
+            }
+            let chunk = &self.buf[offset..offset + length];
+            let id = hash_hex(chunk);
+            self.stored_bytes += self.store.put_object(&id, chunk)?.stored_bytes;
+            self.list.chunks.push(id);
+            consumed = offset + length;
+        }
+        self.buf.drain(..consumed);
+        Ok(())
+    }
+
+    /// Stores what is left and returns the stream's chunk list and the bytes newly stored.
+    pub fn finish(mut self) -> Result<(ChunkList, u64)> {
+        if !self.buf.is_empty() {
+            self.flush_chunks(true)?;
+        }
+        Ok((self.list, self.stored_bytes))
+    }
+}
+
+impl Write for ChunkedWriter<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        self.list.size += data.len() as u64;
+        if self.buf.len() >= 2 * self.params.max_size as usize {
+            self.flush_chunks(false).map_err(io::Error::other)?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Reads a stored stream back, one verified chunk in memory at a time.
+pub struct ChunkReader<'a> {
+    store: &'a Store,
+    chunks: std::slice::Iter<'a, ObjectId>,
+    current: Vec<u8>,
+    pos: usize,
+}
+
+impl<'a> ChunkReader<'a> {
+    pub fn new(store: &'a Store, list: &'a ChunkList) -> Self {
+        ChunkReader {
+            store,
+            chunks: list.chunks.iter(),
+            current: Vec::new(),
+            pos: 0,
+        }
+    }
+}
+
+impl Read for ChunkReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.current.len() {
+            match self.chunks.next() {
+                Some(id) => {
+                    self.current = self.store.get_object(id).map_err(io::Error::other)?;
+                    self.pos = 0;
+                }
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.current.len() - self.pos);
+        out[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}

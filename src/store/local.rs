@@ -1,0 +1,139 @@
+//! A store on a local filesystem or an NFS mount.
+//!
+//! Every write is: a temporary file in the same directory as its final name (renames
+//! across directories are not atomic everywhere), `fsync`, `rename`, `fsync` of the
+//! directory. A rename that reports failure may still have happened on NFS (a
+//! retransmitted request after a server restart), so a failed rename is checked by
+//! looking at the target before it is reported.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{self, Write},
+    path::{Path, PathBuf},
+};
+
+use super::backend::Backend;
+
+/// Prefix of in-flight temporary files; `list` hides them and `prune` may delete old ones.
+pub const TEMP_PREFIX: &str = ".tmp-";
+
+pub struct LocalBackend {
+    root: PathBuf,
+}
+
+impl LocalBackend {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        LocalBackend { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn full(&self, path: &str) -> PathBuf {
+        debug_assert!(!path.starts_with('/') && !path.split('/').any(|c| c == ".."));
+        self.root.join(path)
+    }
+}
+
+/// `fsync` a directory so that a rename or create inside it is durable. Some filesystems
+/// (CIFS, some FUSE) answer EINVAL or ENOTSUP for directories: there is nothing more we
+/// can do there, so those answers are accepted, as restic and borg do.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    match File::open(dir).and_then(|d| d.sync_all()) {
+        Ok(()) => Ok(()),
+        // EINVAL and EOPNOTSUPP on Linux.
+        Err(e) if matches!(e.raw_os_error(), Some(22) | Some(95)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn random_suffix() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+impl Backend for LocalBackend {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn read(&self, path: &str) -> io::Result<Vec<u8>> {
+        fs::read(self.full(path))
+    }
+
+    fn write_new(&self, path: &str, data: &[u8]) -> io::Result<bool> {
+        let target = self.full(path);
+        if target.exists() {
+            return Ok(false);
+        }
+        let dir = target.parent().expect("store paths have a parent");
+        let temp = dir.join(format!("{TEMP_PREFIX}{}", random_suffix()));
+        let result = (|| {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&temp)?;
+            file.write_all(data)?;
+            file.sync_all()?;
+            drop(file);
+            if let Err(e) = fs::rename(&temp, &target) {
+                // On NFS the rename may have happened even though it reported failure.
+                match fs::metadata(&target) {
+                    Ok(meta) if meta.len() == data.len() as u64 => {}
+                    _ => return Err(e),
+                }
+            }
+            sync_dir(dir)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&temp);
+        }
+        result.map(|()| true)
+    }
+
+    fn exists(&self, path: &str) -> io::Result<bool> {
+        match fs::symlink_metadata(self.full(path)) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn list(&self, dir: &str) -> io::Result<Vec<String>> {
+        let entries = match fs::read_dir(self.full(dir)) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let name = entry?.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if !name.starts_with(TEMP_PREFIX) {
+                names.push(name.to_owned());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn remove(&self, path: &str) -> io::Result<()> {
+        match fs::remove_file(self.full(path)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn create_dir(&self, dir: &str) -> io::Result<()> {
+        let full = self.full(dir);
+        if full.is_dir() {
+            return Ok(());
+        }
+        fs::create_dir_all(&full)?;
+        sync_dir(&full)?;
+        if let Some(parent) = full.parent() {
+            sync_dir(parent)?;
+        }
+        Ok(())
+    }
+}

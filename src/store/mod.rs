@@ -1,0 +1,389 @@
+//! The repository layer: a content-addressed object store plus snapshot manifests, on top
+//! of a [`Backend`]. The layout and encodings are specified in docs/FORMAT.md; anything
+//! changed here must change there too, with the format version.
+
+pub mod backend;
+pub mod chunker;
+pub mod local;
+
+use std::{io, path::Path};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::{error::usage, snapshot::Snapshot};
+pub use backend::Backend;
+use local::LocalBackend;
+
+/// The store format this binary writes and reads. See docs/FORMAT.md.
+pub const FORMAT_VERSION: u32 = 1;
+const CONFIG_PATH: &str = "config";
+const MAGIC: &str = "repovault-store";
+
+/// Encoding byte that starts every object file.
+const ENCODING_RAW: u8 = 0;
+const ENCODING_ZSTD: u8 = 1;
+/// zstd level: pack data is mostly zlib-compressed already, so a high level buys nothing.
+const ZSTD_LEVEL: i32 = 3;
+/// No object is larger than the largest chunk fastcdc can cut.
+const MAX_OBJECT_SIZE: u64 = fastcdc::v2020::MAXIMUM_MAX as u64;
+
+/// The store's `config` file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoreConfig {
+    pub magic: String,
+    pub format: u32,
+    pub id: String,
+    pub chunking: ChunkParams,
+}
+
+/// Content-defined chunking parameters, fixed per store so that every writer cuts the same
+/// data at the same places (that is what makes re-sent data deduplicate).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChunkParams {
+    pub algorithm: String,
+    pub min_size: u32,
+    pub avg_size: u32,
+    pub max_size: u32,
+}
+
+impl Default for ChunkParams {
+    fn default() -> Self {
+        ChunkParams {
+            algorithm: "fastcdc-v2020".into(),
+            min_size: 256 << 10,
+            avg_size: 1 << 20,
+            max_size: 4 << 20,
+        }
+    }
+}
+
+/// The BLAKE3 name of an object: 64 lowercase hex digits.
+pub type ObjectId = String;
+
+pub fn hash_hex(data: &[u8]) -> ObjectId {
+    blake3::hash(data).to_hex().to_string()
+}
+
+fn object_path(id: &str) -> String {
+    format!("objects/{}/{}", &id[..2], id)
+}
+
+fn is_hex_id(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// What `put_object` did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PutOutcome {
+    /// Bytes written to the store (0 when the object was already there).
+    pub stored_bytes: u64,
+}
+
+/// A snapshot as found in the store: its id and its manifest.
+#[derive(Debug, Clone)]
+pub struct StoredSnapshot {
+    pub id: String,
+    pub snapshot: Snapshot,
+}
+
+pub struct Store {
+    backend: Box<dyn Backend>,
+    config: StoreConfig,
+}
+
+/// Result of `Store::init`.
+pub enum InitOutcome {
+    Created,
+    AlreadyAStore,
+}
+
+fn open_backend(location: &str) -> Result<Box<dyn Backend>> {
+    if location.starts_with("ssh://") {
+        return Err(usage(format!(
+            "store {location}: ssh:// stores are not supported by this build yet; use a local or NFS path"
+        )));
+    }
+    if location.is_empty() {
+        return Err(usage(
+            "no store given: pass --store, set REPOVAULT_STORE or `store` in the config file",
+        ));
+    }
+    Ok(Box::new(LocalBackend::new(location)))
+}
+
+impl Store {
+    /// Creates an empty store at `location`. An existing store is left alone; a non-empty
+    /// directory that is not a store is refused.
+    pub fn init(location: &str) -> Result<InitOutcome> {
+        let backend = open_backend(location)?;
+        if backend.exists(CONFIG_PATH)? {
+            Self::open(location)?;
+            return Ok(InitOutcome::AlreadyAStore);
+        }
+        let path = Path::new(location);
+        if path.exists() {
+            let meta = std::fs::metadata(path)
+                .with_context(|| format!("store {location}: cannot stat"))?;
+            if !meta.is_dir() {
+                return Err(usage(format!(
+                    "store {location}: exists and is not a directory"
+                )));
+            }
+            if std::fs::read_dir(path)?.next().is_some() {
+                return Err(usage(format!(
+                    "store {location}: directory is not empty and is not a repovault store; refusing to initialize it"
+                )));
+            }
+        }
+        std::fs::create_dir_all(path)
+            .with_context(|| format!("store {location}: cannot create directory"))?;
+        for dir in ["objects", "snapshots", "locks"] {
+            backend
+                .create_dir(dir)
+                .with_context(|| format!("store {location}: cannot create {dir}/"))?;
+        }
+        for fan in 0..=255u8 {
+            backend.create_dir(&format!("objects/{fan:02x}"))?;
+        }
+        let config = StoreConfig {
+            magic: MAGIC.into(),
+            format: FORMAT_VERSION,
+            id: format!("{:032x}", rand::random::<u128>()),
+            chunking: ChunkParams::default(),
+        };
+        // The config is written last: a store without it is not a store, so an interrupted
+        // init leaves nothing that looks finished.
+        backend.write_new(CONFIG_PATH, &serde_json::to_vec_pretty(&config)?)?;
+        Ok(InitOutcome::Created)
+    }
+
+    /// Opens an existing store, checking its format version.
+    pub fn open(location: &str) -> Result<Store> {
+        let backend = open_backend(location)?;
+        let raw = match backend.read(CONFIG_PATH) {
+            Ok(raw) => raw,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(usage(format!(
+                    "store {location}: not a repovault store (no config file); create one with `repovault init --store {location}`"
+                )));
+            }
+            Err(e) => {
+                return Err(usage(format!(
+                    "store {location}: cannot read its config: {e}"
+                )));
+            }
+        };
+        let config: StoreConfig = serde_json::from_slice(&raw)
+            .with_context(|| format!("store {location}: config file is damaged"))?;
+        if config.magic != MAGIC {
+            return Err(usage(format!(
+                "store {location}: config file is not a repovault store config"
+            )));
+        }
+        if config.format != FORMAT_VERSION {
+            return Err(usage(format!(
+                "store {location}: format version {} is not supported by this repovault (it reads version {FORMAT_VERSION})",
+                config.format
+            )));
+        }
+        Ok(Store { backend, config })
+    }
+
+    pub fn location(&self) -> String {
+        self.backend.location()
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    /// Stores `data` under its BLAKE3 name, compressed with zstd when that saves at least
+    /// an eighth. Already present objects are not written again.
+    pub fn put_object(&self, id: &str, data: &[u8]) -> Result<PutOutcome> {
+        let path = object_path(id);
+        if self.backend.exists(&path)? {
+            return Ok(PutOutcome::default());
+        }
+        let encoded = encode(data)?;
+        let written = self
+            .backend
+            .write_new(&path, &encoded)
+            .with_context(|| format!("store {}: writing object {path}", self.location()))?;
+        Ok(PutOutcome {
+            stored_bytes: if written { encoded.len() as u64 } else { 0 },
+        })
+    }
+
+    /// Reads an object and checks that it still hashes to its name.
+    pub fn get_object(&self, id: &str) -> Result<Vec<u8>> {
+        let path = object_path(id);
+        let raw = self.backend.read(&path).with_context(|| {
+            format!(
+                "store {}: object {path} is missing or unreadable",
+                self.location()
+            )
+        })?;
+        let data = decode(&raw)
+            .with_context(|| format!("store {}: object {path} is damaged", self.location()))?;
+        if hash_hex(&data) != id {
+            bail!(
+                "store {}: object {path} is damaged: its content no longer hashes to its name",
+                self.location()
+            );
+        }
+        Ok(data)
+    }
+
+    pub fn has_object(&self, id: &str) -> Result<bool> {
+        Ok(self.backend.exists(&object_path(id))?)
+    }
+
+    /// Every object id in the store.
+    pub fn list_objects(&self) -> Result<Vec<ObjectId>> {
+        let mut ids = Vec::new();
+        for fan in self.backend.list("objects")? {
+            for name in self.backend.list(&format!("objects/{fan}"))? {
+                if is_hex_id(&name) && name.starts_with(&fan) {
+                    ids.push(name);
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Writes a snapshot manifest. Called only after every object it names is durable, so
+    /// a snapshot that can be listed can be restored. Returns the snapshot id.
+    pub fn write_snapshot(&self, snapshot: &Snapshot) -> Result<String> {
+        let bytes = serde_json::to_vec_pretty(snapshot)?;
+        let id = hash_hex(&bytes);
+        let dir = format!("snapshots/{}", repo_key(&snapshot.repo));
+        self.backend.create_dir(&dir)?;
+        self.backend
+            .write_new(&format!("{dir}/{id}"), &bytes)
+            .with_context(|| {
+                format!(
+                    "store {}: writing snapshot {id} of {}",
+                    self.location(),
+                    snapshot.repo
+                )
+            })?;
+        Ok(id)
+    }
+
+    /// Snapshots of one repository (or of all), oldest first. A manifest that does not hash
+    /// to its name or does not parse is an error naming it: listing must not hide damage.
+    pub fn snapshots(&self, repo: Option<&str>) -> Result<Vec<StoredSnapshot>> {
+        let keys = match repo {
+            Some(repo) => vec![repo_key(repo)],
+            None => self.backend.list("snapshots")?,
+        };
+        let mut all = Vec::new();
+        for key in keys {
+            for id in self.backend.list(&format!("snapshots/{key}"))? {
+                if !is_hex_id(&id) {
+                    continue;
+                }
+                let snapshot = self.read_snapshot_at(&key, &id)?;
+                if repo.is_none_or(|r| r == snapshot.repo) {
+                    all.push(StoredSnapshot { id, snapshot });
+                }
+            }
+        }
+        all.sort_by(|a, b| {
+            a.snapshot
+                .created_at
+                .cmp(&b.snapshot.created_at)
+                .then(a.id.cmp(&b.id))
+        });
+        Ok(all)
+    }
+
+    fn read_snapshot_at(&self, key: &str, id: &str) -> Result<Snapshot> {
+        let path = format!("snapshots/{key}/{id}");
+        let bytes = self
+            .backend
+            .read(&path)
+            .with_context(|| format!("store {}: reading {path}", self.location()))?;
+        if hash_hex(&bytes) != id {
+            bail!(
+                "store {}: snapshot {path} is damaged: it no longer hashes to its name",
+                self.location()
+            );
+        }
+        serde_json::from_slice(&bytes)
+            .with_context(|| format!("store {}: snapshot {path} does not parse", self.location()))
+    }
+
+    /// Reads one snapshot of `repo` by its full id.
+    pub fn read_snapshot(&self, repo: &str, id: &str) -> Result<Snapshot> {
+        self.read_snapshot_at(&repo_key(repo), id)
+    }
+
+    /// The latest snapshot of `repo`, if any.
+    pub fn latest_snapshot(&self, repo: &str) -> Result<Option<StoredSnapshot>> {
+        Ok(self.snapshots(Some(repo))?.pop())
+    }
+
+    /// A snapshot and all its ancestors, oldest first. A parent that is missing is an error:
+    /// the chain would not restore.
+    pub fn chain(&self, repo: &str, id: &str) -> Result<Vec<StoredSnapshot>> {
+        let mut chain = Vec::new();
+        let mut next = Some(id.to_owned());
+        while let Some(id) = next {
+            if chain.len() > 1_000_000 {
+                bail!("snapshot chain of {repo} does not end (cycle?)");
+            }
+            let snapshot = self.read_snapshot(repo, &id).with_context(|| {
+                format!("repository {repo}: snapshot {id} of the chain is unreadable")
+            })?;
+            next = snapshot.parent.clone();
+            chain.push(StoredSnapshot { id, snapshot });
+        }
+        chain.reverse();
+        Ok(chain)
+    }
+}
+
+/// Directory key for a repository's snapshots: names are hashed so that any name, however
+/// hostile, maps to a fixed-shape path.
+pub fn repo_key(repo: &str) -> String {
+    blake3::hash(repo.as_bytes()).to_hex()[..32].to_string()
+}
+
+fn encode(data: &[u8]) -> Result<Vec<u8>> {
+    let compressed = zstd::bulk::compress(data, ZSTD_LEVEL)?;
+    let mut out = Vec::with_capacity(1 + compressed.len().min(data.len()));
+    if compressed.len() < data.len() - data.len() / 8 {
+        out.push(ENCODING_ZSTD);
+        out.extend_from_slice(&compressed);
+    } else {
+        out.push(ENCODING_RAW);
+        out.extend_from_slice(data);
+    }
+    Ok(out)
+}
+
+fn decode(raw: &[u8]) -> Result<Vec<u8>> {
+    match raw.split_first() {
+        Some((&ENCODING_RAW, rest)) => Ok(rest.to_vec()),
+        Some((&ENCODING_ZSTD, rest)) => {
+            // Objects are at most one chunk; the cap keeps a damaged frame from making us
+            // allocate without bound.
+            let mut out = Vec::new();
+            let decoder = zstd::stream::read::Decoder::new(rest)?;
+            std::io::Read::read_to_end(
+                &mut std::io::Read::take(decoder, MAX_OBJECT_SIZE + 1),
+                &mut out,
+            )?;
+            if out.len() as u64 > MAX_OBJECT_SIZE {
+                bail!("object decodes to more than {MAX_OBJECT_SIZE} bytes");
+            }
+            Ok(out)
+        }
+        Some((other, _)) => bail!("unknown object encoding {other}"),
+        None => bail!("empty object file"),
+    }
+}

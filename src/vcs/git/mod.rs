@@ -1,0 +1,12 @@
+//! Git repositories, read and written through gix.
+//!
+//! - `source`: opening a source repository, refusing what cannot be backed up faithfully,
+//!   and reading its refs.
+//! - `backup`: computing what is new since the previous snapshot and streaming it as a pack.
+//! - `restore`: rebuilding a bare repository from a snapshot chain.
+//! - `connectivity`: checking that every object reachable from every ref is present.
+
+pub mod backup;
+pub mod connectivity;
+pub mod restore;
+pub mod source;

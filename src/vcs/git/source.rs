@@ -1,0 +1,156 @@
+//! Opening a source repository and reading its refs.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use chrono::{DateTime, Utc};
+use gix::bstr::ByteSlice;
+
+/// Every ref of a repository at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RefState {
+    /// HEAD's symbolic target (`refs/heads/main`), also when that branch is unborn.
+    pub head: Option<String>,
+    /// HEAD's object when detached.
+    pub head_detached: Option<gix::ObjectId>,
+    /// Direct refs: name to target (not peeled).
+    pub refs: BTreeMap<String, gix::ObjectId>,
+    /// Symbolic refs other than HEAD.
+    pub symbolic_refs: BTreeMap<String, String>,
+}
+
+impl RefState {
+    /// Every object a ref (or a detached HEAD) points at.
+    pub fn tips(&self) -> impl Iterator<Item = gix::ObjectId> + '_ {
+        self.refs.values().copied().chain(self.head_detached)
+    }
+}
+
+/// Opens a source repository for reading, refusing kinds we cannot back up faithfully.
+pub fn open(path: &Path) -> Result<gix::Repository> {
+    let mut options = gix::open::Options::isolated();
+    options = options.strict_config(false);
+    let repo = gix::open_opts(path, options)
+        .map_err(|e| anyhow!("{e}"))
+        .with_context(|| {
+            format!(
+                "{} is not a git repository that can be opened",
+                path.display()
+            )
+        })?;
+    let config = repo.config_snapshot();
+    if let Some(storage) = config.string("extensions.refStorage") {
+        if storage.as_bytes() != b"files" {
+            bail!(
+                "{}: ref storage {:?} (extensions.refStorage) is not supported; only the files backend is. \
+                 Convert with `git refs migrate --ref-format=files` first",
+                path.display(),
+                storage.to_str_lossy()
+            );
+        }
+    }
+    if config.string("extensions.partialClone").is_some() || has_promisor_pack(repo.git_dir())? {
+        bail!(
+            "{}: partial clone (promisor remote): objects are missing by design, a backup would be incomplete",
+            path.display()
+        );
+    }
+    if repo.is_shallow().map_err(|e| anyhow!("{e}"))? {
+        bail!(
+            "{}: shallow repository: its history is incomplete by design, refusing to back it up",
+            path.display()
+        );
+    }
+    Ok(repo)
+}
+
+fn has_promisor_pack(git_dir: &Path) -> Result<bool> {
+    let pack_dir = git_dir.join("objects/pack");
+    let Ok(entries) = std::fs::read_dir(&pack_dir) else {
+        return Ok(false);
+    };
+    for entry in entries {
+        if entry?.file_name().to_string_lossy().ends_with(".promisor") {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn ref_name(name: &gix::refs::FullNameRef) -> Result<String> {
+    name.as_bstr().to_str().map(str::to_owned).map_err(|_| {
+        anyhow!(
+            "ref name {:?} is not valid UTF-8; such refs are not supported",
+            name.as_bstr()
+        )
+    })
+}
+
+/// Reads every ref and HEAD.
+pub fn read_refs(repo: &gix::Repository) -> Result<RefState> {
+    let mut state = RefState::default();
+    let platform = repo
+        .references()
+        .map_err(|e| anyhow!("{e}"))
+        .context("listing refs")?;
+    for reference in platform
+        .all()
+        .map_err(|e| anyhow!("{e}"))
+        .context("listing refs")?
+    {
+        let reference = reference
+            .map_err(|e| anyhow!("{e}"))
+            .context("reading a ref")?;
+        let name = ref_name(reference.name())?;
+        match reference.target() {
+            gix::refs::TargetRef::Object(id) => {
+                state.refs.insert(name, id.to_owned());
+            }
+            gix::refs::TargetRef::Symbolic(target) => {
+                state.symbolic_refs.insert(name, ref_name(target)?);
+            }
+        }
+    }
+    let head = repo
+        .head()
+        .map_err(|e| anyhow!("{e}"))
+        .context("reading HEAD")?;
+    match head.kind {
+        gix::head::Kind::Symbolic(reference) => {
+            state.head = Some(ref_name(reference.name.as_ref())?)
+        }
+        gix::head::Kind::Unborn(name) => state.head = Some(ref_name(name.as_ref())?),
+        gix::head::Kind::Detached { target, .. } => state.head_detached = Some(target),
+    }
+    Ok(state)
+}
+
+/// The files whose contents make up a repository's refs: HEAD, packed-refs and every loose
+/// ref. Reading their sizes and times is cheap and never touches objects.
+pub fn ref_files(git_dir: &Path) -> Vec<PathBuf> {
+    let mut files = vec![git_dir.join("HEAD"), git_dir.join("packed-refs")];
+    for entry in walkdir::WalkDir::new(git_dir.join("refs"))
+        .follow_links(false)
+        .into_iter()
+        .flatten()
+    {
+        if entry.file_type().is_file() {
+            files.push(entry.into_path());
+        }
+    }
+    files
+}
+
+/// When the repository's refs last changed, as the filesystem shows it.
+pub fn refs_changed_at(git_dir: &Path) -> DateTime<Utc> {
+    ref_files(git_dir)
+        .iter()
+        .filter_map(|f| std::fs::symlink_metadata(f).and_then(|m| m.modified()).ok())
+        .max()
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+        .into()
+}

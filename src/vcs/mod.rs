@@ -1,0 +1,3 @@
+//! Version control systems repovault can back up.
+
+pub mod git;
