@@ -51,7 +51,7 @@ pub fn backup_git(store: &Store, name: &str, path: &Path, scratch: &Path) -> Res
                 tracing::warn!(repo = name, error = %format!("{e:#}"), "source packs changed during the backup; retrying");
                 continue;
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(with_culprit(e, path, &refs)),
         };
         let snapshot = Snapshot {
             repo: name.to_owned(),
@@ -80,6 +80,17 @@ pub fn backup_git(store: &Store, name: &str, path: &Path, scratch: &Path) -> Res
             bytes_stored: outcome.bytes_stored,
             objects: outcome.pack.map_or(0, |p| p.objects),
         });
+    }
+}
+
+/// gix's errors for damaged pack data do not say which object was damaged. Once a backup
+/// has failed, reading every reachable object finds it, so the error can name it.
+fn with_culprit(err: anyhow::Error, path: &Path, refs: &git::source::RefState) -> anyhow::Error {
+    let culprit = git::source::open(path)
+        .and_then(|repo| git::connectivity::check(&repo, refs, git::connectivity::Blobs::Read));
+    match culprit {
+        Err(found) => err.context(format!("{found:#}")),
+        Ok(_) => err,
     }
 }
 

@@ -245,6 +245,10 @@ fn deep_check(ctx: &Context, store: &Store, latest: &StoredSnapshot) -> Result<(
     if recorded != latest.snapshot.refs {
         anyhow::bail!("the rebuilt repository's refs differ from the snapshot's");
     }
-    crate::vcs::git::connectivity::check(&repo, &refs)?;
+    crate::vcs::git::connectivity::check(
+        &repo,
+        &refs,
+        crate::vcs::git::connectivity::Blobs::Exist,
+    )?;
     Ok(())
 }

@@ -75,7 +75,7 @@ fn select(repo: &gix::Repository, refs: &RefState, previous: &Previous) -> Resul
                 .find_object(id)
                 .map_err(|e| anyhow!("{e}"))
                 .with_context(|| {
-                    format!("object {id} (target of a ref) is missing or unreadable")
+                    format!("object {id} (target of a ref) is missing or corrupt in the source")
                 })?;
             match object.kind {
                 gix::object::Kind::Commit => {

@@ -15,7 +15,16 @@ pub struct Visited {
     pub objects: u64,
 }
 
-pub fn check(repo: &gix::Repository, refs: &RefState) -> Result<Visited> {
+/// How thoroughly to look at blobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blobs {
+    /// Check that each blob is in the object database (an index lookup).
+    Exist,
+    /// Read and decompress each blob, which finds damaged data.
+    Read,
+}
+
+pub fn check(repo: &gix::Repository, refs: &RefState, blobs: Blobs) -> Result<Visited> {
     let mut visited = Visited::default();
     let mut seen_trees: HashSet<ObjectId> = HashSet::new();
     let mut commits = Vec::new();
@@ -40,7 +49,7 @@ pub fn check(repo: &gix::Repository, refs: &RefState) -> Result<Visited> {
                         .detach()
                 }
                 gix::object::Kind::Tree => {
-                    walk_tree(repo, id, &mut seen_trees, &mut visited)?;
+                    walk_tree(repo, id, &mut seen_trees, &mut visited, blobs)?;
                     break;
                 }
                 gix::object::Kind::Blob => break,
@@ -66,7 +75,7 @@ pub fn check(repo: &gix::Repository, refs: &RefState) -> Result<Visited> {
             .map_err(|e| anyhow!("{e}"))
             .with_context(|| format!("commit {}", info.id))?
             .detach();
-        walk_tree(repo, tree, &mut seen_trees, &mut visited)?;
+        walk_tree(repo, tree, &mut seen_trees, &mut visited, blobs)?;
     }
     Ok(visited)
 }
@@ -76,6 +85,7 @@ fn walk_tree(
     root: ObjectId,
     seen: &mut HashSet<ObjectId>,
     visited: &mut Visited,
+    blobs: Blobs,
 ) -> Result<()> {
     let mut stack = vec![root];
     while let Some(id) = stack.pop() {
@@ -98,8 +108,18 @@ fn walk_tree(
                 // A submodule's commit lives in another repository.
             } else if seen.insert(oid) {
                 visited.objects += 1;
-                if !repo.has_object(oid) {
-                    bail!("blob {oid} (in tree {id}) is missing");
+                match blobs {
+                    Blobs::Exist if !repo.has_object(oid) => {
+                        bail!("blob {oid} (in tree {id}) is missing")
+                    }
+                    Blobs::Exist => {}
+                    Blobs::Read => {
+                        repo.find_object(oid)
+                            .map_err(|e| anyhow!("{e}"))
+                            .with_context(|| {
+                                format!("blob {oid} (in tree {id}) is missing or corrupt")
+                            })?;
+                    }
                 }
             }
         }

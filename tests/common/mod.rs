@@ -1,0 +1,199 @@
+//! Helpers shared by the integration tests: real git repositories made with the git CLI
+//! (the independent oracle), and the real `repovault` binary.
+#![allow(dead_code)]
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        Env {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn store(&self) -> String {
+        self.path("store").to_string_lossy().into_owned()
+    }
+
+    /// Runs repovault with `--store` set to this env's store via the environment.
+    pub fn rv(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_repovault"))
+            .args(args)
+            .env("REPOVAULT_STORE", self.store())
+            .env("TMPDIR", self.dir.path())
+            .current_dir(self.dir.path())
+            .output()
+            .expect("run repovault")
+    }
+
+    /// Runs repovault and asserts it exited 0; returns stdout.
+    pub fn rv_ok(&self, args: &[&str]) -> String {
+        let out = self.rv(args);
+        assert!(
+            out.status.success(),
+            "repovault {args:?} failed: {}\n{}",
+            out.status,
+            stderr(&out)
+        );
+        String::from_utf8(out.stdout).expect("utf8 stdout")
+    }
+
+    pub fn init_store(&self) {
+        self.rv_ok(&["init"]);
+    }
+
+    /// Backs up and returns the new snapshot id.
+    pub fn backup(&self, name: &str, repo: &Path) -> String {
+        let out = self.rv_ok(&["backup", "--name", name, &repo.to_string_lossy()]);
+        let id = out.trim().to_owned();
+        assert_eq!(id.len(), 64, "snapshot id on stdout: {out:?}");
+        id
+    }
+
+    pub fn restore(&self, name: &str, dest: &Path, at: Option<&str>) {
+        let dest = dest.to_string_lossy().into_owned();
+        let mut args = vec!["restore", name, &dest];
+        if let Some(at) = at {
+            args.extend(["--at", at]);
+        }
+        self.rv_ok(&args);
+    }
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn code(out: &Output) -> i32 {
+    out.status.code().expect("exited normally")
+}
+
+/// Runs git in `dir` with a fixed identity and dates, asserting success; returns stdout.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "Test")
+        .env("GIT_AUTHOR_EMAIL", "test@example.com")
+        .env("GIT_COMMITTER_NAME", "Test")
+        .env("GIT_COMMITTER_EMAIL", "test@example.com")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", dir)
+        .output()
+        .expect("run git");
+    assert!(
+        out.status.success(),
+        "git {args:?} in {} failed: {}",
+        dir.display(),
+        stderr(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A new non-bare repository with branch `main` at `path`.
+pub fn new_repo(path: &Path) -> PathBuf {
+    std::fs::create_dir_all(path).unwrap();
+    git(path, &["init", "-q", "-b", "main"]);
+    path.to_owned()
+}
+
+/// Writes `content` to `file` and commits it; returns the commit id.
+pub fn commit_file(repo: &Path, file: &str, content: &str, message: &str) -> String {
+    let path = repo.join(file);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, content).unwrap();
+    git(repo, &["add", "-A"]);
+    git(repo, &["commit", "-q", "-m", message]);
+    git(repo, &["rev-parse", "HEAD"]).trim().to_owned()
+}
+
+/// What a restore must reproduce: every ref with its object and type, and HEAD.
+pub fn ref_state(repo: &Path) -> String {
+    let refs = git(
+        repo,
+        &[
+            "for-each-ref",
+            "--format=%(objectname) %(objecttype) %(refname) %(symref)",
+        ],
+    );
+    let head = git(repo, &["symbolic-ref", "-q", "HEAD"]);
+    format!("{refs}HEAD -> {head}")
+}
+
+/// `ref_state`, but HEAD may be detached.
+pub fn ref_state_any_head(repo: &Path) -> String {
+    let refs = git(
+        repo,
+        &[
+            "for-each-ref",
+            "--format=%(objectname) %(objecttype) %(refname) %(symref)",
+        ],
+    );
+    let head = std::fs::read_to_string(git_dir(repo).join("HEAD")).unwrap();
+    format!("{refs}HEAD -> {head}")
+}
+
+pub fn git_dir(repo: &Path) -> PathBuf {
+    if repo.join(".git").is_dir() {
+        repo.join(".git")
+    } else {
+        repo.to_owned()
+    }
+}
+
+/// Asserts `git fsck --full` finds nothing wrong (dangling objects are not errors).
+pub fn fsck(repo: &Path) {
+    let out = Command::new("git")
+        .args(["fsck", "--full", "--strict", "--no-dangling"])
+        .current_dir(repo)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git fsck failed in {}: {}{}",
+        repo.display(),
+        stderr(&out),
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// Files below `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(p)
+            } else {
+                out.push(p)
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Object files of the store (chunks and indexes), excluding temporaries.
+pub fn store_objects(store: &Path) -> Vec<PathBuf> {
+    files_under(&store.join("objects"))
+        .into_iter()
+        .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .collect()
+}
+
+pub fn snapshot_count(store: &Path) -> usize {
+    files_under(&store.join("snapshots")).len()
+}

@@ -1,0 +1,149 @@
+//! Back up real repositories of every shape and restore them: the restored repository must
+//! have exactly the source's refs and HEAD and pass `git fsck --full`.
+
+mod common;
+
+use common::*;
+
+/// Branches, a merge, annotated and lightweight tags, a tag of a tree and of a blob, a tag
+/// of a tag, notes, unicode ref names and a symbolic ref.
+#[test]
+fn every_kind_of_ref_round_trips() {
+    let env = Env::new();
+    env.init_store();
+    let repo = new_repo(&env.path("src"));
+    commit_file(&repo, "a.txt", "one\n", "first");
+    git(&repo, &["checkout", "-q", "-b", "feature"]);
+    commit_file(&repo, "b/c.txt", "feature\n", "feature work");
+    git(&repo, &["checkout", "-q", "main"]);
+    commit_file(&repo, "a.txt", "one\ntwo\n", "second");
+    git(
+        &repo,
+        &["merge", "-q", "--no-ff", "-m", "merge feature", "feature"],
+    );
+    git(&repo, &["tag", "-a", "v1.0", "-m", "release 1.0"]);
+    git(&repo, &["tag", "light", "HEAD~1"]);
+    let tree = git(&repo, &["rev-parse", "HEAD^{tree}"]).trim().to_owned();
+    git(&repo, &["tag", "-a", "tree-tag", "-m", "a tree", &tree]);
+    let blob = git(&repo, &["rev-parse", "HEAD:a.txt"]).trim().to_owned();
+    git(&repo, &["tag", "blob-light", &blob]);
+    git(&repo, &["tag", "-a", "tag-of-tag", "-m", "nested", "v1.0"]);
+    git(&repo, &["notes", "add", "-m", "a note", "HEAD"]);
+    git(&repo, &["branch", "ünïcødé/ветка-🚀"]);
+    git(
+        &repo,
+        &["update-ref", "refs/custom/namespace/thing", "HEAD~1"],
+    );
+    git(
+        &repo,
+        &[
+            "symbolic-ref",
+            "refs/remotes/origin/HEAD",
+            "refs/heads/feature",
+        ],
+    );
+
+    env.backup("src", &repo);
+    let dest = env.path("restored.git");
+    env.restore("src", &dest, None);
+    assert_eq!(ref_state(&dest), ref_state(&repo));
+    fsck(&dest);
+    assert_eq!(git(&dest, &["notes", "show", "main"]), "a note\n");
+    assert_eq!(
+        git(&dest, &["cat-file", "-p", "tree-tag"])
+            .lines()
+            .next()
+            .unwrap(),
+        format!("object {tree}")
+    );
+}
+
+#[test]
+fn empty_repository_round_trips() {
+    let env = Env::new();
+    env.init_store();
+    let repo = new_repo(&env.path("empty"));
+    env.backup("empty", &repo);
+    let dest = env.path("out");
+    env.restore("empty", &dest, None);
+    assert_eq!(git(&dest, &["for-each-ref"]), "");
+    assert_eq!(
+        git(&dest, &["symbolic-ref", "HEAD"]).trim(),
+        "refs/heads/main"
+    );
+    fsck(&dest);
+}
+
+#[test]
+fn bare_repository_with_detached_head_round_trips() {
+    let env = Env::new();
+    env.init_store();
+    let work = new_repo(&env.path("work"));
+    let first = commit_file(&work, "f", "1", "one");
+    commit_file(&work, "f", "2", "two");
+    let bare = env.path("bare.git");
+    git(
+        env.dir.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            &work.to_string_lossy(),
+            &bare.to_string_lossy(),
+        ],
+    );
+    git(&bare, &["update-ref", "--no-deref", "HEAD", &first]);
+    env.backup("team/bare.git", &bare);
+    let dest = env.path("out");
+    env.restore("team/bare.git", &dest, None);
+    assert_eq!(ref_state_any_head(&dest), ref_state_any_head(&bare));
+    fsck(&dest);
+}
+
+/// A repository borrowing objects through alternates is backed up self-contained.
+#[test]
+fn alternates_are_backed_up_self_contained() {
+    let env = Env::new();
+    env.init_store();
+    let origin = new_repo(&env.path("origin"));
+    for i in 0..5 {
+        commit_file(&origin, "f", &format!("{i}\n"), &format!("c{i}"));
+    }
+    git(&origin, &["gc", "-q"]);
+    let fork = env.path("fork.git");
+    git(
+        env.dir.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            "--shared",
+            &origin.to_string_lossy(),
+            &fork.to_string_lossy(),
+        ],
+    );
+    assert!(fork.join("objects/info/alternates").exists());
+    commit_file(&origin, "g", "more\n", "after fork");
+    env.backup("fork.git", &fork);
+    // The origin disappearing must not matter to the backup.
+    std::fs::remove_dir_all(&origin).unwrap();
+    let dest = env.path("out");
+    env.restore("fork.git", &dest, None);
+    assert!(!dest.join("objects/info/alternates").exists());
+    fsck(&dest);
+    assert_eq!(git(&dest, &["rev-list", "--count", "main"]).trim(), "5");
+}
+
+#[test]
+fn reftable_repository_is_refused_clearly() {
+    let env = Env::new();
+    env.init_store();
+    let repo = env.path("rt");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "--ref-format=reftable"]);
+    commit_file(&repo, "f", "x", "c");
+    let out = env.rv(&["backup", &repo.to_string_lossy()]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains("reftable"), "{}", stderr(&out));
+    assert_eq!(snapshot_count(&env.path("store")), 0);
+}

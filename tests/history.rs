@@ -1,0 +1,178 @@
+//! Incremental snapshots over a changing history: every snapshot restores to exactly the
+//! refs the source had when it was taken.
+
+mod common;
+
+use std::{path::Path, thread::sleep, time::Duration};
+
+use common::*;
+
+fn snapshots_json(env: &Env, name: &str) -> Vec<serde_json::Value> {
+    serde_json::from_str(&env.rv_ok(&["snapshots", name, "--json"]))
+        .expect("snapshots --json parses")
+}
+
+fn du(dir: &Path) -> u64 {
+    files_under(dir)
+        .iter()
+        .map(|f| f.metadata().unwrap().len())
+        .sum()
+}
+
+#[test]
+fn every_snapshot_of_a_changing_history_restores_exactly() {
+    let env = Env::new();
+    env.init_store();
+    let repo = new_repo(&env.path("src"));
+    let mut expected = Vec::new();
+    let mut take = |env: &Env, repo: &Path| {
+        let id = env.backup("src", repo);
+        expected.push((id, ref_state(repo)));
+    };
+
+    // 1: a full snapshot.
+    commit_file(&repo, "a", "1\n", "a1");
+    git(&repo, &["checkout", "-q", "-b", "topic"]);
+    commit_file(&repo, "t", "topic\n", "t1");
+    git(&repo, &["checkout", "-q", "main"]);
+    git(&repo, &["tag", "-a", "v1", "-m", "v1"]);
+    take(&env, &repo);
+    // 2: new commits, a merge, a new tag.
+    commit_file(&repo, "a", "1\n2\n", "a2");
+    git(
+        &repo,
+        &["merge", "-q", "--no-ff", "-m", "merge topic", "topic"],
+    );
+    git(&repo, &["tag", "v2"]);
+    take(&env, &repo);
+    // 3: force-push orphaning history on topic, a deleted branch, a deleted tag.
+    git(&repo, &["branch", "doomed", "topic"]);
+    take(&env, &repo);
+    git(&repo, &["checkout", "-q", "topic"]);
+    git(&repo, &["reset", "-q", "--hard", "main~1"]);
+    commit_file(&repo, "t", "rewritten\n", "t1 rewritten");
+    git(&repo, &["checkout", "-q", "main"]);
+    git(&repo, &["branch", "-D", "doomed"]);
+    git(&repo, &["tag", "-d", "v2"]);
+    take(&env, &repo);
+    // 4: repack and prune the orphaned objects, then one more commit.
+    git(&repo, &["reflog", "expire", "--expire=now", "--all"]);
+    git(&repo, &["gc", "-q", "--prune=now"]);
+    commit_file(&repo, "c", "3\n", "c3");
+    take(&env, &repo);
+
+    let listed = snapshots_json(&env, "src");
+    assert_eq!(listed.len(), expected.len());
+    for (i, (id, state)) in expected.iter().enumerate() {
+        assert_eq!(
+            listed[i]["id"],
+            id.as_str(),
+            "snapshots are listed oldest first"
+        );
+        let dest = env.path(&format!("restore-{i}"));
+        env.restore("src", &dest, Some(&id[..10]));
+        assert_eq!(
+            &ref_state(&dest),
+            state,
+            "snapshot {i} restores the refs of its time"
+        );
+        fsck(&dest);
+    }
+}
+
+#[test]
+fn repack_without_new_commits_stores_almost_nothing() {
+    let env = Env::new();
+    env.init_store();
+    let repo = new_repo(&env.path("src"));
+    for i in 0..30 {
+        commit_file(
+            &repo,
+            &format!("dir{}/file{i}", i % 4),
+            &format!("{i}\n").repeat(200),
+            &format!("c{i}"),
+        );
+    }
+    env.backup("src", &repo);
+    let before = du(&env.path("store/objects"));
+    git(&repo, &["repack", "-q", "-a", "-d", "-f"]);
+    env.backup("src", &repo);
+    let after = du(&env.path("store/objects"));
+    let listed = snapshots_json(&env, "src");
+    assert_eq!(listed[1]["pack_bytes"], 0, "second snapshot holds no pack");
+    assert_eq!(after, before, "nothing new was stored");
+}
+
+#[test]
+fn incremental_snapshot_holds_only_new_objects() {
+    let env = Env::new();
+    env.init_store();
+    let repo = new_repo(&env.path("src"));
+    for i in 0..20 {
+        commit_file(&repo, &format!("f{i}"), &noise(i, 10_000), &format!("c{i}"));
+    }
+    env.backup("src", &repo);
+    commit_file(&repo, "new", "small change\n", "one more");
+    env.backup("src", &repo);
+    let listed = snapshots_json(&env, "src");
+    // One commit, its tree, one blob, plus the parent commit and its tree the diff reads.
+    let objects = listed[1]["objects"].as_u64().unwrap();
+    assert!(objects <= 5, "incremental snapshot holds {objects} objects");
+    assert!(
+        listed[1]["pack_bytes"].as_u64().unwrap() < listed[0]["pack_bytes"].as_u64().unwrap() / 10
+    );
+}
+
+#[test]
+fn restore_at_a_time_picks_the_latest_snapshot_at_or_before_it() {
+    let env = Env::new();
+    env.init_store();
+    let repo = new_repo(&env.path("src"));
+    commit_file(&repo, "a", "1", "one");
+    let first_state = ref_state(&repo);
+    env.backup("src", &repo);
+    sleep(Duration::from_millis(1100));
+    let listed = snapshots_json(&env, "src");
+    let between = chrono_like_now();
+    sleep(Duration::from_millis(1100));
+    commit_file(&repo, "a", "2", "two");
+    env.backup("src", &repo);
+
+    let dest = env.path("at-time");
+    env.restore("src", &dest, Some(&between));
+    assert_eq!(ref_state(&dest), first_state);
+
+    let too_early = env.rv(&[
+        "restore",
+        "src",
+        &env.path("x").to_string_lossy(),
+        "--at",
+        "2000-01-01T00:00:00Z",
+    ]);
+    assert_eq!(code(&too_early), 2, "{}", stderr(&too_early));
+    assert_eq!(listed.len(), 1);
+}
+
+/// Incompressible text, different for every seed.
+fn noise(seed: u64, len: usize) -> String {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b'a' + (x % 26) as u8)
+        })
+        .collect()
+}
+
+/// Now as RFC 3339, from the system clock (the tests do not depend on chrono).
+fn chrono_like_now() -> String {
+    let out = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
