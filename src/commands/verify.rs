@@ -152,15 +152,15 @@ pub fn verify(ctx: &Context, store: &Store, args: &VerifyArgs) -> Result<Report>
         let ids: HashSet<&str> = snapshots.iter().map(|s| s.id.as_str()).collect();
         for s in snapshots {
             report.snapshots_checked += 1;
-            if let Some(parent) = &s.snapshot.parent {
-                if !ids.contains(parent.as_str()) {
-                    report.problem(
-                        Some(repo),
-                        Some(&s.id),
-                        None,
-                        format!("parent snapshot {parent} is missing: the chain is broken"),
-                    );
-                }
+            if let Some(parent) = &s.snapshot.parent
+                && !ids.contains(parent.as_str())
+            {
+                report.problem(
+                    Some(repo),
+                    Some(&s.id),
+                    None,
+                    format!("parent snapshot {parent} is missing: the chain is broken"),
+                );
             }
             for pack in &s.snapshot.packs {
                 for id in pack.pack.chunks.iter().chain(&pack.index.chunks) {
@@ -177,17 +177,16 @@ pub fn verify(ctx: &Context, store: &Store, args: &VerifyArgs) -> Result<Report>
                 }
             }
         }
-        if args.deep {
-            if let Some(latest) = snapshots.last() {
-                if let Err(e) = deep_check(ctx, store, latest) {
-                    report.problem(
-                        Some(repo),
-                        Some(&latest.id),
-                        None,
-                        format!("deep check failed: {e:#}"),
-                    );
-                }
-            }
+        if args.deep
+            && let Some(latest) = snapshots.last()
+            && let Err(e) = deep_check(ctx, store, latest)
+        {
+            report.problem(
+                Some(repo),
+                Some(&latest.id),
+                None,
+                format!("deep check failed: {e:#}"),
+            );
         }
     }
     if args.names.is_empty() && args.sample.is_none() {

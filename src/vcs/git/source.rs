@@ -43,15 +43,15 @@ pub fn open(path: &Path) -> Result<gix::Repository> {
             )
         })?;
     let config = repo.config_snapshot();
-    if let Some(storage) = config.string("extensions.refStorage") {
-        if storage.as_bytes() != b"files" {
-            bail!(
-                "{}: ref storage {:?} (extensions.refStorage) is not supported; only the files backend is. \
-                 Convert with `git refs migrate --ref-format=files` first",
-                path.display(),
-                storage.to_str_lossy()
-            );
-        }
+    if let Some(storage) = config.string("extensions.refStorage")
+        && storage.as_bytes() != b"files"
+    {
+        bail!(
+            "{}: ref storage {:?} (extensions.refStorage) is not supported; only the files backend is. \
+             Convert with `git refs migrate --ref-format=files` first",
+            path.display(),
+            storage.to_str_lossy()
+        );
     }
     if config.string("extensions.partialClone").is_some() || has_promisor_pack(repo.git_dir())? {
         bail!(
