@@ -257,3 +257,17 @@ fn backup_killed_midway_is_completed_by_the_next_run() {
     fsck(&dest);
     assert_eq!(ref_state(&dest), ref_state(&repo));
 }
+
+#[test]
+fn damaged_snapshot_manifest_is_reported_by_verify() {
+    let env = Env::new();
+    backed_up_store(&env);
+    let manifest = files_under(&env.path("store/snapshots")).pop().unwrap();
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, text.replacen("refs/heads/main", "refs/heads/mainx", 1)).unwrap();
+    let out = env.rv(&["verify", "--json"]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let problems = report["problems"].as_array().unwrap();
+    assert!(problems.iter().any(|p| p["problem"].as_str().unwrap().contains("damaged")), "{report}");
+}

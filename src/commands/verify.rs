@@ -112,25 +112,34 @@ pub fn run(ctx: &Context, args: &VerifyArgs) -> Result<Outcome> {
 pub fn verify(ctx: &Context, store: &Store, args: &VerifyArgs) -> Result<Report> {
     let mut report = Report::default();
     let mut by_repo: BTreeMap<String, Vec<StoredSnapshot>> = BTreeMap::new();
-    if args.names.is_empty() {
-        match store.snapshots(None) {
-            Ok(all) => {
-                for s in all {
-                    by_repo.entry(s.snapshot.repo.clone()).or_default().push(s);
-                }
-            }
-            Err(e) => report.problem(None, None, None, format!("{e:#}")),
-        }
+    let scopes: Vec<Option<&str>> = if args.names.is_empty() {
+        vec![None]
     } else {
-        for name in &args.names {
-            match store.snapshots(Some(name)) {
-                Ok(list) if list.is_empty() => {
-                    report.problem(Some(name), None, None, "no snapshots in the store".into())
+        args.names.iter().map(|n| Some(n.as_str())).collect()
+    };
+    for scope in scopes {
+        let entries = match store.snapshot_entries(scope) {
+            Ok(entries) => entries,
+            Err(e) => {
+                report.problem(scope, None, None, format!("listing snapshots: {e:#}"));
+                continue;
+            }
+        };
+        if entries.is_empty()
+            && let Some(name) = scope
+        {
+            report.problem(Some(name), None, None, "no snapshots in the store".into());
+        }
+        for entry in entries {
+            match store.load_snapshot(&entry) {
+                Ok(s) if scope.is_none_or(|name| name == s.snapshot.repo) => {
+                    by_repo.entry(s.snapshot.repo.clone()).or_default().push(s)
                 }
-                Ok(list) => {
-                    by_repo.insert(name.clone(), list);
+                Ok(_) => {}
+                Err(e) => {
+                    report.snapshots_checked += 1;
+                    report.problem(scope, Some(&entry.id), None, format!("{e:#}"));
                 }
-                Err(e) => report.problem(Some(name), None, None, format!("{e:#}")),
             }
         }
     }

@@ -82,6 +82,18 @@ pub struct PutOutcome {
     pub stored_bytes: u64,
 }
 
+/// File names of snapshots start with their creation time in this format, so that a
+/// directory listing is already in time order.
+const STAMP_FORMAT: &str = "%Y%m%dT%H%M%S%.9fZ";
+
+/// A snapshot file found by listing, not yet read.
+#[derive(Debug, Clone)]
+pub struct SnapshotEntry {
+    pub path: String,
+    pub id: String,
+    stamp: String,
+}
+
 /// A snapshot as found in the store: its id and its manifest.
 #[derive(Debug, Clone)]
 pub struct StoredSnapshot {
@@ -261,8 +273,9 @@ impl Store {
         let id = hash_hex(&bytes);
         let dir = format!("snapshots/{}", repo_key(&snapshot.repo));
         self.backend.create_dir(&dir)?;
+        let file = format!("{}-{id}", snapshot.created_at.format(STAMP_FORMAT));
         self.backend
-            .write_new(&format!("{dir}/{id}"), &bytes)
+            .write_new(&format!("{dir}/{file}"), &bytes)
             .with_context(|| {
                 format!(
                     "store {}: writing snapshot {id} of {}",
@@ -273,58 +286,87 @@ impl Store {
         Ok(id)
     }
 
-    /// Snapshots of one repository (or of all), oldest first. A manifest that does not hash
-    /// to its name or does not parse is an error naming it: listing must not hide damage.
-    pub fn snapshots(&self, repo: Option<&str>) -> Result<Vec<StoredSnapshot>> {
+    /// The snapshot files of one repository (or of all), oldest first, without reading them.
+    pub fn snapshot_entries(&self, repo: Option<&str>) -> Result<Vec<SnapshotEntry>> {
         let keys = match repo {
             Some(repo) => vec![repo_key(repo)],
             None => self.backend.list("snapshots")?,
         };
-        let mut all = Vec::new();
+        let mut entries = Vec::new();
         for key in keys {
-            for id in self.backend.list(&format!("snapshots/{key}"))? {
-                if !is_hex_id(&id) {
+            for file in self.backend.list(&format!("snapshots/{key}"))? {
+                let Some((stamp, id)) = file.split_once('-') else {
                     continue;
-                }
-                let snapshot = self.read_snapshot_at(&key, &id)?;
-                if repo.is_none_or(|r| r == snapshot.repo) {
-                    all.push(StoredSnapshot { id, snapshot });
+                };
+                if is_hex_id(id) {
+                    entries.push(SnapshotEntry {
+                        path: format!("snapshots/{key}/{file}"),
+                        id: id.to_owned(),
+                        stamp: stamp.to_owned(),
+                    });
                 }
             }
         }
-        all.sort_by(|a, b| {
-            a.snapshot
-                .created_at
-                .cmp(&b.snapshot.created_at)
-                .then(a.id.cmp(&b.id))
-        });
-        Ok(all)
+        entries.sort_by(|a, b| a.stamp.cmp(&b.stamp).then(a.id.cmp(&b.id)));
+        Ok(entries)
     }
 
-    fn read_snapshot_at(&self, key: &str, id: &str) -> Result<Snapshot> {
-        let path = format!("snapshots/{key}/{id}");
+    /// Reads a snapshot file, checking that it still hashes to its id.
+    pub fn load_snapshot(&self, entry: &SnapshotEntry) -> Result<StoredSnapshot> {
+        let path = &entry.path;
         let bytes = self
             .backend
-            .read(&path)
+            .read(path)
             .with_context(|| format!("store {}: reading {path}", self.location()))?;
-        if hash_hex(&bytes) != id {
+        if hash_hex(&bytes) != entry.id {
             bail!(
                 "store {}: snapshot {path} is damaged: it no longer hashes to its name",
                 self.location()
             );
         }
-        serde_json::from_slice(&bytes)
-            .with_context(|| format!("store {}: snapshot {path} does not parse", self.location()))
+        let snapshot = serde_json::from_slice(&bytes).with_context(|| {
+            format!("store {}: snapshot {path} does not parse", self.location())
+        })?;
+        Ok(StoredSnapshot {
+            id: entry.id.clone(),
+            snapshot,
+        })
+    }
+
+    /// Snapshots of one repository (or of all), oldest first. A damaged manifest is an error
+    /// naming it: listing must not hide damage.
+    pub fn snapshots(&self, repo: Option<&str>) -> Result<Vec<StoredSnapshot>> {
+        let mut all = Vec::new();
+        for entry in self.snapshot_entries(repo)? {
+            let loaded = self.load_snapshot(&entry)?;
+            if repo.is_none_or(|r| r == loaded.snapshot.repo) {
+                all.push(loaded);
+            }
+        }
+        Ok(all)
     }
 
     /// Reads one snapshot of `repo` by its full id.
     pub fn read_snapshot(&self, repo: &str, id: &str) -> Result<Snapshot> {
-        self.read_snapshot_at(&repo_key(repo), id)
+        let entry = self
+            .snapshot_entries(Some(repo))?
+            .into_iter()
+            .find(|e| e.id == id)
+            .with_context(|| {
+                format!(
+                    "store {}: snapshot {id} of {repo} is missing",
+                    self.location()
+                )
+            })?;
+        Ok(self.load_snapshot(&entry)?.snapshot)
     }
 
-    /// The latest snapshot of `repo`, if any.
+    /// The latest snapshot of `repo`, if any; reads only that one manifest.
     pub fn latest_snapshot(&self, repo: &str) -> Result<Option<StoredSnapshot>> {
-        Ok(self.snapshots(Some(repo))?.pop())
+        self.snapshot_entries(Some(repo))?
+            .last()
+            .map(|e| self.load_snapshot(e))
+            .transpose()
     }
 
     /// A snapshot and all its ancestors, oldest first. A parent that is missing is an error:
