@@ -8,6 +8,7 @@ use chrono::Utc;
 use crate::{
     snapshot::{Snapshot, Vcs},
     store::Store,
+    throttle::RateLimiter,
     vcs::git::{self, backup::Previous},
 };
 
@@ -26,7 +27,13 @@ const ATTEMPTS: usize = 3;
 
 /// Backs up the git repository at `path` as `name`, incrementally against its latest
 /// snapshot. The snapshot is written only after everything it needs is stored.
-pub fn backup_git(store: &Store, name: &str, path: &Path, scratch: &Path) -> Result<BackupReport> {
+pub fn backup_git(
+    store: &Store,
+    name: &str,
+    path: &Path,
+    scratch: &Path,
+    limiter: Option<&RateLimiter>,
+) -> Result<BackupReport> {
     crate::name::validate(name)?;
     let parent = store.latest_snapshot(name)?;
     let previous = parent
@@ -41,10 +48,11 @@ pub fn backup_git(store: &Store, name: &str, path: &Path, scratch: &Path) -> Res
         let packs_before = pack_files(&git_dir);
         // Refs first, objects after: objects a ref points at are written before the ref,
         // so a concurrent push can only add objects we do not need.
-        let source_changed_at = git::source::refs_changed_at(&git_dir);
+        let refs_stat = git::source::refs_stat(&git_dir);
         let refs = git::source::read_refs(&repo)?;
         let object_format = repo.object_hash().to_string();
-        let result = git::backup::write_pack(store, repo, &refs, previous.as_ref(), scratch);
+        let result =
+            git::backup::write_pack(store, repo, &refs, previous.as_ref(), scratch, limiter);
         let outcome = match result {
             Ok(outcome) => outcome,
             Err(e) if attempt < ATTEMPTS && pack_files(&git_dir) != packs_before => {
@@ -57,7 +65,8 @@ pub fn backup_git(store: &Store, name: &str, path: &Path, scratch: &Path) -> Res
             repo: name.to_owned(),
             vcs: Vcs::Git,
             created_at: Utc::now(),
-            source_changed_at,
+            source_changed_at: refs_stat.changed_at,
+            source_fingerprint: Some(refs_stat.fingerprint),
             parent: parent.as_ref().map(|p| p.id.clone()),
             head: refs.head.clone(),
             head_detached: refs.head_detached.map(|id| id.to_string()),

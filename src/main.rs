@@ -51,6 +51,10 @@ enum Command {
     Restore(commands::restore::RestoreArgs),
     /// Check the store's integrity.
     Verify(commands::verify::VerifyArgs),
+    /// The nightly job: back up every repository that changed.
+    Run(commands::run::RunArgs),
+    /// Freshness: how far each repository's latest snapshot is behind its source.
+    Lag(commands::lag::LagArgs),
 }
 
 fn main() -> ExitCode {
@@ -81,6 +85,8 @@ fn main() -> ExitCode {
     let ctx = Context {
         config,
         scratch_dir: None,
+        log_json: matches!(format, LogFormat::Json),
+        quiet: cli.quiet,
     };
     let result = match &cli.command {
         Command::Init(args) => commands::init::run(&ctx, args),
@@ -88,6 +94,8 @@ fn main() -> ExitCode {
         Command::Snapshots(args) => commands::snapshots::run(&ctx, args),
         Command::Restore(args) => commands::restore::run(&ctx, args),
         Command::Verify(args) => commands::verify::run(&ctx, args),
+        Command::Run(args) => commands::run::run(&ctx, args),
+        Command::Lag(args) => commands::lag::run(&ctx, args),
     };
     match result {
         Ok(Outcome::Done) => ExitCode::SUCCESS,
@@ -107,6 +115,8 @@ fn report(err: &anyhow::Error) -> ExitCode {
 fn init_logging(format: LogFormat, verbose: u8, quiet: bool) {
     let level = match (quiet, verbose) {
         (true, _) => "error",
+        // Machines reading JSON want one line per repository result, which is info.
+        (false, 0) if matches!(format, LogFormat::Json) => "info",
         (false, 0) => "warn",
         (false, 1) => "info",
         (false, _) => "debug",

@@ -31,6 +31,11 @@ pub struct Snapshot {
     pub created_at: DateTime<Utc>,
     /// When the source last changed, as far as the source could tell us (newest ref update).
     pub source_changed_at: DateTime<Utc>,
+    /// Fingerprint of the source's ref files when the snapshot was taken (taken before the
+    /// refs were read): `run` compares it with the source's current one to skip unchanged
+    /// repositories without reading them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_fingerprint: Option<String>,
     /// The snapshot this one is incremental to; `None` for a full snapshot.
     pub parent: Option<String>,
     /// HEAD's symbolic target, `None` when HEAD is detached (see `head_detached`).

@@ -264,10 +264,19 @@ fn damaged_snapshot_manifest_is_reported_by_verify() {
     backed_up_store(&env);
     let manifest = files_under(&env.path("store/snapshots")).pop().unwrap();
     let text = std::fs::read_to_string(&manifest).unwrap();
-    std::fs::write(&manifest, text.replacen("refs/heads/main", "refs/heads/mainx", 1)).unwrap();
+    std::fs::write(
+        &manifest,
+        text.replacen("refs/heads/main", "refs/heads/mainx", 1),
+    )
+    .unwrap();
     let out = env.rv(&["verify", "--json"]);
     assert_eq!(code(&out), 3, "{}", stderr(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let problems = report["problems"].as_array().unwrap();
-    assert!(problems.iter().any(|p| p["problem"].as_str().unwrap().contains("damaged")), "{report}");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p["problem"].as_str().unwrap().contains("damaged")),
+        "{report}"
+    );
 }

@@ -3,7 +3,9 @@
 
 pub mod backup;
 pub mod init;
+pub mod lag;
 pub mod restore;
+pub mod run;
 pub mod snapshots;
 pub mod verify;
 
@@ -37,6 +39,10 @@ pub struct StoreArg {
 pub struct Context {
     pub config: crate::config::Config,
     pub scratch_dir: Option<PathBuf>,
+    /// Logs are JSON lines (`--log-format json`): results are reported as events.
+    pub log_json: bool,
+    /// `-q`: errors only, no progress.
+    pub quiet: bool,
 }
 
 impl Context {
@@ -44,13 +50,17 @@ impl Context {
         crate::store::Store::open(&self.config.store(arg.store.as_deref())?)
     }
 
-    /// A fresh scratch directory, removed when dropped.
-    pub fn scratch(&self) -> anyhow::Result<tempfile::TempDir> {
-        let dir = self
-            .scratch_dir
+    /// Where scratch directories are made.
+    pub fn scratch_base(&self) -> PathBuf {
+        self.scratch_dir
             .clone()
             .or_else(|| self.config.scratch_dir.clone())
-            .unwrap_or_else(std::env::temp_dir);
+            .unwrap_or_else(std::env::temp_dir)
+    }
+
+    /// A fresh scratch directory, removed when dropped.
+    pub fn scratch(&self) -> anyhow::Result<tempfile::TempDir> {
+        let dir = self.scratch_base();
         tempfile::Builder::new()
             .prefix("repovault-")
             .tempdir_in(&dir)

@@ -28,6 +28,19 @@ pub trait Backend: Send + Sync {
     /// Removes a file; removing a missing file is not an error.
     fn remove(&self, path: &str) -> io::Result<()>;
 
+    /// Creates `path` with `data` only if it does not exist, atomically even on NFS (the
+    /// link-count recipe). Returns `false` when it already exists. Used for locks.
+    fn create_exclusive(&self, path: &str, data: &[u8]) -> io::Result<bool>;
+
+    /// Renames a file; fails when `from` does not exist.
+    fn rename(&self, from: &str, to: &str) -> io::Result<()>;
+
+    /// Sets a file's modification time to now (a lock's heartbeat).
+    fn touch(&self, path: &str) -> io::Result<()>;
+
+    /// A file's modification time.
+    fn modified(&self, path: &str) -> io::Result<std::time::SystemTime>;
+
     /// Creates a directory (and its parents) durably; existing is fine.
     fn create_dir(&self, dir: &str) -> io::Result<()>;
 }

@@ -124,6 +124,47 @@ impl Backend for LocalBackend {
         }
     }
 
+    fn create_exclusive(&self, path: &str, data: &[u8]) -> io::Result<bool> {
+        let target = self.full(path);
+        let dir = target.parent().expect("store paths have a parent");
+        let unique = dir.join(format!("{TEMP_PREFIX}{}", random_suffix()));
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&unique)?;
+        file.write_all(data)?;
+        file.sync_all()?;
+        drop(file);
+        // link(2) is atomic on NFS where O_EXCL may not be; a link that reports failure may
+        // still have happened, which the link count tells.
+        let linked = match fs::hard_link(&unique, &target) {
+            Ok(()) => true,
+            Err(_) => {
+                use std::os::unix::fs::MetadataExt;
+                fs::metadata(&unique)
+                    .map(|m| m.nlink() == 2)
+                    .unwrap_or(false)
+            }
+        };
+        fs::remove_file(&unique)?;
+        sync_dir(dir)?;
+        Ok(linked)
+    }
+
+    fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        fs::rename(self.full(from), self.full(to))?;
+        sync_dir(self.full(to).parent().expect("store paths have a parent"))
+    }
+
+    fn touch(&self, path: &str) -> io::Result<()> {
+        let file = OpenOptions::new().write(true).open(self.full(path))?;
+        file.set_modified(std::time::SystemTime::now())
+    }
+
+    fn modified(&self, path: &str) -> io::Result<std::time::SystemTime> {
+        fs::metadata(self.full(path))?.modified()
+    }
+
     fn create_dir(&self, dir: &str) -> io::Result<()> {
         let full = self.full(dir);
         if full.is_dir() {

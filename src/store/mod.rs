@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod chunker;
 pub mod local;
+pub mod lock;
 
 use std::{io, path::Path};
 
@@ -82,6 +83,23 @@ pub struct PutOutcome {
     pub stored_bytes: u64,
 }
 
+/// What one `run` did, kept in `runs/` (see docs/FORMAT.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub host: String,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub finished_at: chrono::DateTime<chrono::Utc>,
+    pub examined: u64,
+    pub changed: u64,
+    pub backed_up: u64,
+    pub unchanged: u64,
+    pub failed: u64,
+    pub gone: u64,
+    pub bytes_read: u64,
+    pub bytes_stored: u64,
+    pub failed_repos: Vec<String>,
+}
+
 /// File names of snapshots start with their creation time in this format, so that a
 /// directory listing is already in time order.
 const STAMP_FORMAT: &str = "%Y%m%dT%H%M%S%.9fZ";
@@ -102,7 +120,7 @@ pub struct StoredSnapshot {
 }
 
 pub struct Store {
-    backend: Box<dyn Backend>,
+    backend: std::sync::Arc<dyn Backend>,
     config: StoreConfig,
 }
 
@@ -112,7 +130,7 @@ pub enum InitOutcome {
     AlreadyAStore,
 }
 
-fn open_backend(location: &str) -> Result<Box<dyn Backend>> {
+fn open_backend(location: &str) -> Result<std::sync::Arc<dyn Backend>> {
     if location.starts_with("ssh://") {
         return Err(usage(format!(
             "store {location}: ssh:// stores are not supported by this build yet; use a local or NFS path"
@@ -123,7 +141,7 @@ fn open_backend(location: &str) -> Result<Box<dyn Backend>> {
             "no store given: pass --store, set REPOVAULT_STORE or `store` in the config file",
         ));
     }
-    Ok(Box::new(LocalBackend::new(location)))
+    Ok(std::sync::Arc::new(LocalBackend::new(location)))
 }
 
 impl Store {
@@ -294,17 +312,23 @@ impl Store {
         };
         let mut entries = Vec::new();
         for key in keys {
-            for file in self.backend.list(&format!("snapshots/{key}"))? {
-                let Some((stamp, id)) = file.split_once('-') else {
-                    continue;
-                };
-                if is_hex_id(id) {
-                    entries.push(SnapshotEntry {
-                        path: format!("snapshots/{key}/{file}"),
-                        id: id.to_owned(),
-                        stamp: stamp.to_owned(),
-                    });
-                }
+            entries.extend(self.entries_under(&key)?);
+        }
+        entries.sort_by(|a, b| a.stamp.cmp(&b.stamp).then(a.id.cmp(&b.id)));
+        Ok(entries)
+    }
+
+    fn entries_under(&self, key: &str) -> Result<Vec<SnapshotEntry>> {
+        let mut entries = Vec::new();
+        for file in self.backend.list(&format!("snapshots/{key}"))? {
+            if let Some((stamp, id)) = file.split_once('-')
+                && is_hex_id(id)
+            {
+                entries.push(SnapshotEntry {
+                    path: format!("snapshots/{key}/{file}"),
+                    id: id.to_owned(),
+                    stamp: stamp.to_owned(),
+                });
             }
         }
         entries.sort_by(|a, b| a.stamp.cmp(&b.stamp).then(a.id.cmp(&b.id)));
@@ -363,10 +387,46 @@ impl Store {
 
     /// The latest snapshot of `repo`, if any; reads only that one manifest.
     pub fn latest_snapshot(&self, repo: &str) -> Result<Option<StoredSnapshot>> {
-        self.snapshot_entries(Some(repo))?
+        self.latest_snapshot_by_key(&repo_key(repo))
+    }
+
+    /// The directory keys of every repository with snapshots (see [`repo_key`]).
+    pub fn repo_keys(&self) -> Result<Vec<String>> {
+        Ok(self.backend.list("snapshots")?)
+    }
+
+    /// The latest snapshot under a repository key, if any.
+    pub fn latest_snapshot_by_key(&self, key: &str) -> Result<Option<StoredSnapshot>> {
+        self.entries_under(key)?
             .last()
             .map(|e| self.load_snapshot(e))
             .transpose()
+    }
+
+    /// Records what a `run` did, for `lag --prometheus` and for people.
+    pub fn write_run_record(&self, record: &RunRecord) -> Result<()> {
+        self.backend.create_dir("runs")?;
+        let bytes = serde_json::to_vec_pretty(record)?;
+        let file = format!(
+            "runs/{}-{}",
+            record.finished_at.format(STAMP_FORMAT),
+            &hash_hex(&bytes)[..16]
+        );
+        self.backend
+            .write_new(&file, &bytes)
+            .with_context(|| format!("store {}: writing {file}", self.location()))?;
+        Ok(())
+    }
+
+    /// The most recent run record, if any run finished.
+    pub fn last_run_record(&self) -> Result<Option<RunRecord>> {
+        let Some(last) = self.backend.list("runs")?.pop() else {
+            return Ok(None);
+        };
+        let raw = self.backend.read(&format!("runs/{last}"))?;
+        Ok(Some(serde_json::from_slice(&raw).with_context(|| {
+            format!("store {}: runs/{last} does not parse", self.location())
+        })?))
     }
 
     /// A snapshot and all its ancestors, oldest first. A parent that is missing is an error:

@@ -29,6 +29,7 @@ use crate::{
         Store,
         chunker::{ChunkList, ChunkedWriter},
     },
+    throttle::RateLimiter,
 };
 
 /// What the previous snapshot of this repository recorded, as far as the backup needs it.
@@ -215,15 +216,16 @@ fn count(handle: &Handle, selection: Selection, full: bool) -> Result<Vec<output
 }
 
 /// Sends what is written to two consumers in blocks.
-struct Tee {
+struct Tee<'l> {
     block: Vec<u8>,
+    limiter: Option<&'l RateLimiter>,
     outputs: [SyncSender<Arc<Vec<u8>>>; 2],
     written: u64,
 }
 
 const BLOCK: usize = 1 << 20;
 
-impl Tee {
+impl Tee<'_> {
     fn send_block(&mut self) -> io::Result<()> {
         let block = Arc::new(std::mem::replace(
             &mut self.block,
@@ -237,8 +239,11 @@ impl Tee {
     }
 }
 
-impl Write for Tee {
+impl Write for Tee<'_> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if let Some(limiter) = self.limiter {
+            limiter.acquire(data.len());
+        }
         self.block.extend_from_slice(data);
         self.written += data.len() as u64;
         if self.block.len() >= BLOCK {
@@ -290,13 +295,16 @@ impl BufRead for ChannelReader {
 }
 
 /// Stores the objects of `repo` that are new since `previous` as one pack with its index.
-/// `scratch` is a local directory for the indexer's copy of the pack.
+/// `scratch` is a local directory for the indexer's copy of the pack. `limiter` paces the
+/// pack stream; almost all of it is copied from the source's packs, so this paces the reads
+/// of the source disks too.
 pub fn write_pack(
     store: &Store,
     repo: gix::Repository,
     refs: &RefState,
     previous: Option<&Previous>,
     scratch: &Path,
+    limiter: Option<&RateLimiter>,
 ) -> Result<PackOutcome> {
     let full = previous.is_none();
     let selection = select(&repo, refs, previous.unwrap_or(&Previous::default()))?;
@@ -355,6 +363,7 @@ pub fn write_pack(
 
         let mut tee = Tee {
             block: Vec::with_capacity(BLOCK),
+            limiter,
             outputs: [store_tx, index_tx],
             written: 0,
         };

@@ -129,28 +129,71 @@ pub fn read_refs(repo: &gix::Repository) -> Result<RefState> {
     Ok(state)
 }
 
-/// The files whose contents make up a repository's refs: HEAD, packed-refs and every loose
-/// ref. Reading their sizes and times is cheap and never touches objects.
-pub fn ref_files(git_dir: &Path) -> Vec<PathBuf> {
-    let mut files = vec![git_dir.join("HEAD"), git_dir.join("packed-refs")];
-    for entry in walkdir::WalkDir::new(git_dir.join("refs"))
-        .follow_links(false)
-        .into_iter()
-        .flatten()
-    {
-        if entry.file_type().is_file() {
-            files.push(entry.into_path());
-        }
-    }
-    files
+/// A cheap summary of a repository's refs, from file metadata only: no ref or object is
+/// read, so deciding "changed since the last snapshot" costs a few `stat` calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefsStat {
+    /// BLAKE3 over each ref file's path, size and modification time.
+    pub fingerprint: String,
+    /// The newest modification time among them: when the refs last changed.
+    pub changed_at: DateTime<Utc>,
 }
 
-/// When the repository's refs last changed, as the filesystem shows it.
-pub fn refs_changed_at(git_dir: &Path) -> DateTime<Utc> {
-    ref_files(git_dir)
-        .iter()
-        .filter_map(|f| std::fs::symlink_metadata(f).and_then(|m| m.modified()).ok())
-        .max()
-        .unwrap_or(SystemTime::UNIX_EPOCH)
-        .into()
+/// The git directory of a repository path: itself when bare, its `.git` directory, or where
+/// a `.git` file (`gitdir: ...`) points.
+pub fn git_dir_of(path: &Path) -> PathBuf {
+    let dot_git = path.join(".git");
+    if dot_git.is_dir() {
+        return dot_git;
+    }
+    if let Ok(text) = std::fs::read_to_string(&dot_git)
+        && let Some(target) = text.trim().strip_prefix("gitdir:")
+    {
+        let target = Path::new(target.trim());
+        return if target.is_absolute() {
+            target.to_owned()
+        } else {
+            path.join(target)
+        };
+    }
+    path.to_owned()
+}
+
+/// Stats HEAD, packed-refs, every loose ref and the directories holding them (deleting a
+/// loose ref changes only its directory).
+pub fn refs_stat(git_dir: &Path) -> RefsStat {
+    let mut files = vec![git_dir.join("HEAD"), git_dir.join("packed-refs")];
+    let walk = walkdir::WalkDir::new(git_dir.join("refs"))
+        .follow_links(false)
+        .sort_by_file_name();
+    files.extend(walk.into_iter().flatten().map(walkdir::DirEntry::into_path));
+    let mut hasher = blake3::Hasher::new();
+    let mut newest = SystemTime::UNIX_EPOCH;
+    for file in &files {
+        hasher.update(
+            file.strip_prefix(git_dir)
+                .unwrap_or(file)
+                .as_os_str()
+                .as_encoded_bytes(),
+        );
+        match std::fs::symlink_metadata(file) {
+            Ok(meta) => {
+                let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                newest = newest.max(modified);
+                let nanos = modified
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos());
+                hasher.update(&meta.len().to_le_bytes());
+                hasher.update(&nanos.to_le_bytes());
+            }
+            Err(_) => {
+                hasher.update(b"absent");
+            }
+        }
+        hasher.update(b"\0");
+    }
+    RefsStat {
+        fingerprint: hasher.finalize().to_hex().to_string(),
+        changed_at: newest.into(),
+    }
 }

@@ -1,0 +1,200 @@
+//! The nightly job's engine: decide which repositories changed since their latest
+//! snapshot, back those up a few at a time, longest-waiting first, and account for all.
+
+use std::{
+    collections::{HashSet, VecDeque},
+    path::PathBuf,
+    sync::{Mutex, mpsc},
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use chrono::{DateTime, Utc};
+
+use crate::{
+    backup::{BackupReport, backup_git},
+    snapshot::Vcs,
+    source::Candidate,
+    store::{Store, repo_key},
+    throttle::RateLimiter,
+    vcs::git,
+};
+
+/// Why a repository is or is not backed up tonight.
+#[derive(Debug, Clone)]
+pub enum Plan {
+    /// Never backed up, or its refs changed: back it up.
+    Backup {
+        waiting_since: Option<DateTime<Utc>>,
+    },
+    /// Its refs are as the latest snapshot recorded them.
+    Unchanged,
+    /// Found, but its kind cannot be backed up by this version.
+    Unsupported(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub candidate: Candidate,
+    pub plan: Plan,
+}
+
+/// Compares each candidate's ref fingerprint with its latest snapshot's; reads no objects.
+pub fn plan(store: &Store, candidates: Vec<Candidate>) -> Result<Vec<Planned>> {
+    let mut planned = Vec::with_capacity(candidates.len());
+    for candidate in candidates {
+        let plan = match candidate.vcs {
+            Vcs::Hg => {
+                Plan::Unsupported("Mercurial repositories are found but not yet backed up".into())
+            }
+            Vcs::Git => match store.latest_snapshot(&candidate.name)? {
+                None => Plan::Backup {
+                    waiting_since: None,
+                },
+                Some(latest) => {
+                    let now = git::source::refs_stat(&git::source::git_dir_of(&candidate.path));
+                    if latest.snapshot.source_fingerprint.as_deref()
+                        == Some(now.fingerprint.as_str())
+                    {
+                        Plan::Unchanged
+                    } else {
+                        Plan::Backup {
+                            waiting_since: Some(latest.snapshot.created_at),
+                        }
+                    }
+                }
+            },
+        };
+        planned.push(Planned { candidate, plan });
+    }
+    // Longest-waiting first: never backed up, then the oldest latest snapshot.
+    planned.sort_by_key(|p| match p.plan {
+        Plan::Backup { waiting_since } => (0, waiting_since),
+        _ => (1, None),
+    });
+    Ok(planned)
+}
+
+/// Repositories with snapshots that the feed no longer lists: deleted at the source. Their
+/// snapshots are kept; they are reported, never treated as errors.
+pub fn gone(store: &Store, candidates: &[Candidate]) -> Result<Vec<String>> {
+    let present: HashSet<String> = candidates.iter().map(|c| repo_key(&c.name)).collect();
+    let mut gone = Vec::new();
+    for key in store.repo_keys()? {
+        if !present.contains(&key)
+            && let Some(latest) = store.latest_snapshot_by_key(&key)?
+        {
+            gone.push(latest.snapshot.repo);
+        }
+    }
+    gone.sort();
+    Ok(gone)
+}
+
+#[derive(Debug)]
+pub enum Outcome {
+    BackedUp(BackupReport),
+    Failed(String),
+}
+
+#[derive(Debug)]
+pub struct JobResult {
+    pub name: String,
+    pub outcome: Outcome,
+    pub attempts: usize,
+    pub duration: Duration,
+}
+
+pub struct ExecOptions<'a> {
+    pub jobs: usize,
+    pub limiter: Option<&'a RateLimiter>,
+    /// Where each job makes its scratch directory.
+    pub scratch_base: PathBuf,
+    /// Delays between attempts for transient errors; its length is the number of retries.
+    pub retry_delays: Vec<Duration>,
+}
+
+/// Backs up `work` with `options.jobs` workers; `on_result` sees each result as it comes.
+pub fn execute(
+    store: &Store,
+    work: Vec<Candidate>,
+    options: &ExecOptions<'_>,
+    mut on_result: impl FnMut(&JobResult),
+) -> Vec<JobResult> {
+    let queue = Mutex::new(VecDeque::from(work));
+    let (tx, rx) = mpsc::channel::<JobResult>();
+    let mut results = Vec::new();
+    std::thread::scope(|scope| {
+        for _ in 0..options.jobs.max(1) {
+            let tx = tx.clone();
+            let queue = &queue;
+            scope.spawn(move || {
+                loop {
+                    let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+                    let Some(candidate) = next else { break };
+                    let result = back_up_with_retries(store, &candidate, options);
+                    if tx.send(result).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        for result in rx {
+            on_result(&result);
+            results.push(result);
+        }
+    });
+    results
+}
+
+fn back_up_with_retries(
+    store: &Store,
+    candidate: &Candidate,
+    options: &ExecOptions<'_>,
+) -> JobResult {
+    let start = Instant::now();
+    let mut attempts = 0;
+    let outcome = loop {
+        attempts += 1;
+        let result = tempfile::Builder::new()
+            .prefix("repovault-")
+            .tempdir_in(&options.scratch_base)
+            .map_err(|e| {
+                anyhow::anyhow!("scratch directory {}: {e}", options.scratch_base.display())
+            })
+            .and_then(|scratch| {
+                backup_git(
+                    store,
+                    &candidate.name,
+                    &candidate.path,
+                    scratch.path(),
+                    options.limiter,
+                )
+            });
+        match result {
+            Ok(report) => break Outcome::BackedUp(report),
+            Err(e) if attempts <= options.retry_delays.len() && is_transient(&e) => {
+                tracing::warn!(repo = candidate.name, attempt = attempts, error = %format!("{e:#}"), "transient error; retrying");
+                std::thread::sleep(options.retry_delays[attempts - 1]);
+            }
+            Err(e) => break Outcome::Failed(format!("{e:#}")),
+        }
+    };
+    JobResult {
+        name: candidate.name.clone(),
+        outcome,
+        attempts,
+        duration: start.elapsed(),
+    }
+}
+
+/// I/O errors worth another try: the kinds NFS and busy disks produce and that go away.
+pub fn is_transient(err: &anyhow::Error) -> bool {
+    err.chain().filter_map(|cause| cause.downcast_ref::<std::io::Error>()).any(|io| {
+        use std::io::ErrorKind::*;
+        matches!(io.kind(), Interrupted | TimedOut | WouldBlock | ResourceBusy | StaleNetworkFileHandle)
+            // EIO, EAGAIN, ESTALE, ETIMEDOUT
+            || matches!(io.raw_os_error(), Some(5 | 11 | 116 | 110))
+    })
+}

@@ -1,0 +1,140 @@
+//! Finding repositories under a directory tree.
+//!
+//! A directory is a git repository when it is bare (`HEAD`, `objects/`, `refs/`) or holds a
+//! `.git`; a Mercurial one when it holds `.hg`. The walk never descends into a repository
+//! (a forge's repositories hold thousands of object files each) and never follows symbolic
+//! links, so a symlink loop cannot trap it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use walkdir::WalkDir;
+
+use super::{Candidate, Rejected};
+use crate::snapshot::Vcs;
+
+/// What a scan found.
+#[derive(Debug, Default)]
+pub struct ScanResult {
+    pub repositories: Vec<Candidate>,
+    pub rejected: Vec<Rejected>,
+}
+
+fn is_bare_git(dir: &Path) -> bool {
+    dir.join("HEAD").is_file() && dir.join("objects").is_dir() && dir.join("refs").is_dir()
+}
+
+fn kind_of(dir: &Path) -> Option<Vcs> {
+    if dir.join(".git").exists() || is_bare_git(dir) {
+        Some(Vcs::Git)
+    } else if dir.join(".hg").is_dir() {
+        Some(Vcs::Hg)
+    } else {
+        None
+    }
+}
+
+/// Walks `root` and lists the repositories under it, sorted by name.
+pub fn scan(root: &Path) -> Result<ScanResult> {
+    let meta = std::fs::metadata(root).with_context(|| format!("scan root {}", root.display()))?;
+    anyhow::ensure!(
+        meta.is_dir(),
+        "scan root {} is not a directory",
+        root.display()
+    );
+    let mut result = ScanResult::default();
+    let mut walk = WalkDir::new(root).follow_links(false).into_iter();
+    while let Some(entry) = walk.next() {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) => {
+                let path = e
+                    .path()
+                    .map(Path::to_owned)
+                    .unwrap_or_else(|| root.to_owned());
+                result.rejected.push(Rejected {
+                    path,
+                    reason: format!("cannot read: {e}"),
+                });
+                continue;
+            }
+        };
+        if !entry.file_type().is_dir() {
+            continue;
+        }
+        let dir = entry.path();
+        let Some(vcs) = kind_of(dir) else { continue };
+        walk.skip_current_dir();
+        match name_of(root, dir) {
+            Ok(name) => result.repositories.push(Candidate {
+                name,
+                path: dir.to_owned(),
+                vcs,
+            }),
+            Err(reason) => result.rejected.push(Rejected {
+                path: dir.to_owned(),
+                reason,
+            }),
+        }
+    }
+    result.repositories.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(result)
+}
+
+fn name_of(root: &Path, dir: &Path) -> std::result::Result<String, String> {
+    let relative: PathBuf = dir
+        .strip_prefix(root)
+        .map_err(|e| e.to_string())?
+        .to_owned();
+    let mut parts = Vec::new();
+    for component in relative.components() {
+        parts.push(
+            component
+                .as_os_str()
+                .to_str()
+                .ok_or("name is not valid UTF-8")?
+                .to_owned(),
+        );
+    }
+    if parts.is_empty() {
+        return Err("the scan root itself is a repository; scan its parent".into());
+    }
+    let name = parts.join("/");
+    crate::name::validate(&name).map_err(|e| e.to_string())?;
+    Ok(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_nested_bare_and_working_copies_without_descending_or_looping() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::create_dir_all(r.join("a/work/.git")).unwrap();
+        std::fs::create_dir_all(r.join("a/work/sub/.git")).unwrap(); // inside a repo: not listed
+        for d in ["b/bare.git/objects", "b/bare.git/refs"] {
+            std::fs::create_dir_all(r.join(d)).unwrap();
+        }
+        std::fs::write(r.join("b/bare.git/HEAD"), "ref: refs/heads/main\n").unwrap();
+        std::fs::create_dir_all(r.join("c/deep/er/hgrepo/.hg")).unwrap();
+        std::fs::create_dir_all(r.join("plain/dir")).unwrap();
+        std::os::unix::fs::symlink(r, r.join("plain/loop")).unwrap();
+        let found = scan(r).unwrap();
+        let names: Vec<_> = found
+            .repositories
+            .iter()
+            .map(|c| (c.name.as_str(), c.vcs))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                ("a/work", Vcs::Git),
+                ("b/bare.git", Vcs::Git),
+                ("c/deep/er/hgrepo", Vcs::Hg)
+            ]
+        );
+        assert!(found.rejected.is_empty(), "{:?}", found.rejected);
+    }
+}

@@ -1,0 +1,172 @@
+//! One `run` at a time per store.
+//!
+//! The lock is the file `locks/run`, created atomically (see `Backend::create_exclusive`)
+//! and holding who took it. The holder touches it every minute. A lock is stale only on
+//! evidence: on the same host, its process is gone (or the pid now belongs to a process
+//! started later); on another host, its heartbeat stopped for `STALE_AFTER`. A stale lock
+//! is moved aside and checked once more before it is deleted, so two runs that both judge
+//! it stale cannot both take over.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, SystemTime},
+};
+
+use anyhow::{Context, Result};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::Store;
+
+const RUN_LOCK: &str = "locks/run";
+const HEARTBEAT: Duration = Duration::from_secs(60);
+/// A lock of another host whose heartbeat is older than this is stale.
+const STALE_AFTER: Duration = Duration::from_secs(15 * 60);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockInfo {
+    pub host: String,
+    pub pid: u32,
+    /// The process's start time in clock ticks since boot (`/proc/PID/stat` field 22): a
+    /// recycled pid has a different one.
+    pub pid_start: Option<u64>,
+    pub started_at: DateTime<Utc>,
+}
+
+impl std::fmt::Display for LockInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "pid {} on {} since {}",
+            self.pid,
+            self.host,
+            self.started_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        )
+    }
+}
+
+/// A held run lock; released on drop.
+pub struct RunLock<'a> {
+    store: &'a Store,
+    stop: Arc<AtomicBool>,
+    heartbeat: Option<JoinHandle<()>>,
+}
+
+pub enum LockAttempt<'a> {
+    Acquired(RunLock<'a>),
+    HeldBy(LockInfo),
+}
+
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; fields after it are space-separated.
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    after_name.split(' ').nth(19)?.parse().ok()
+}
+
+impl Store {
+    /// Takes the run lock, or says who holds it.
+    pub fn lock_run(&self) -> Result<LockAttempt<'_>> {
+        self.backend.create_dir("locks")?;
+        let me = LockInfo {
+            host: crate::backup::hostname(),
+            pid: std::process::id(),
+            pid_start: process_start(std::process::id()),
+            started_at: Utc::now(),
+        };
+        let mine = serde_json::to_vec(&me)?;
+        for _ in 0..5 {
+            if self
+                .backend
+                .create_exclusive(RUN_LOCK, &mine)
+                .with_context(|| format!("store {}: creating {RUN_LOCK}", self.location()))?
+            {
+                return Ok(LockAttempt::Acquired(self.start_heartbeat()));
+            }
+            let held = match self.backend.read(RUN_LOCK) {
+                Ok(raw) => raw,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e).context("reading the run lock"),
+            };
+            let Ok(holder) = serde_json::from_slice::<LockInfo>(&held) else {
+                anyhow::bail!(
+                    "store {}: {RUN_LOCK} is not a lock this program wrote; remove it by hand if no run is going",
+                    self.location()
+                );
+            };
+            if !self.is_stale(&holder)? {
+                return Ok(LockAttempt::HeldBy(holder));
+            }
+            tracing::warn!(holder = %holder, "taking over a stale run lock");
+            let aside = format!("locks/stale-{:016x}", rand::random::<u64>());
+            if self.backend.rename(RUN_LOCK, &aside).is_err() {
+                continue; // someone else moved or released it: try again
+            }
+            let moved = self.backend.read(&aside)?;
+            if moved != held {
+                // We moved a fresh lock someone took in between: put it back.
+                let _ = self.backend.create_exclusive(RUN_LOCK, &moved);
+                self.backend.remove(&aside)?;
+                continue;
+            }
+            self.backend.remove(&aside)?;
+        }
+        anyhow::bail!(
+            "store {}: could not take the run lock (it keeps changing hands)",
+            self.location()
+        )
+    }
+
+    fn is_stale(&self, holder: &LockInfo) -> Result<bool> {
+        if holder.host == crate::backup::hostname() {
+            return Ok(match process_start(holder.pid) {
+                None => true,
+                Some(start) => holder.pid_start.is_some_and(|recorded| recorded != start),
+            });
+        }
+        let beat = self.backend.modified(RUN_LOCK)?;
+        Ok(SystemTime::now().duration_since(beat).unwrap_or_default() > STALE_AFTER)
+    }
+
+    fn start_heartbeat(&self) -> RunLock<'_> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let location = self.location();
+        let backend = self.backend.clone();
+        let flag = stop.clone();
+        let heartbeat = std::thread::spawn(move || {
+            let mut waited = Duration::ZERO;
+            while !flag.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(200));
+                waited += Duration::from_millis(200);
+                if waited >= HEARTBEAT {
+                    waited = Duration::ZERO;
+                    if let Err(e) = backend.touch(RUN_LOCK) {
+                        tracing::warn!(store = location, error = %e, "cannot refresh the run lock");
+                    }
+                }
+            }
+        });
+        RunLock {
+            store: self,
+            stop,
+            heartbeat: Some(heartbeat),
+        }
+    }
+}
+
+impl Drop for RunLock<'_> {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(handle) = self.heartbeat.take() {
+            let _ = handle.join();
+        }
+        if let Err(e) = self.store.backend.remove(RUN_LOCK) {
+            tracing::warn!(error = %e, "cannot remove the run lock");
+        }
+    }
+}
