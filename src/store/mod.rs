@@ -455,17 +455,34 @@ pub fn repo_key(repo: &str) -> String {
     blake3::hash(repo.as_bytes()).to_hex()[..32].to_string()
 }
 
+/// Bytes of a chunk compressed first to predict whether the whole chunk will compress.
+const PROBE_SIZE: usize = 64 << 10;
+
+fn raw_object(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + data.len());
+    out.push(ENCODING_RAW);
+    out.extend_from_slice(data);
+    out
+}
+
 fn encode(data: &[u8]) -> Result<Vec<u8>> {
+    // Most pack data is zlib-compressed already: a cheap look at a sample spares
+    // compressing whole chunks only to throw the result away.
+    if data.len() > 2 * PROBE_SIZE {
+        let sample = &data[..PROBE_SIZE];
+        if zstd::bulk::compress(sample, 1)?.len() > sample.len() - sample.len() / 10 {
+            return Ok(raw_object(data));
+        }
+    }
     let compressed = zstd::bulk::compress(data, ZSTD_LEVEL)?;
-    let mut out = Vec::with_capacity(1 + compressed.len().min(data.len()));
     if compressed.len() < data.len() - data.len() / 8 {
+        let mut out = Vec::with_capacity(1 + compressed.len());
         out.push(ENCODING_ZSTD);
         out.extend_from_slice(&compressed);
+        Ok(out)
     } else {
-        out.push(ENCODING_RAW);
-        out.extend_from_slice(data);
+        Ok(raw_object(data))
     }
-    Ok(out)
 }
 
 fn decode(raw: &[u8]) -> Result<Vec<u8>> {
@@ -487,5 +504,33 @@ fn decode(raw: &[u8]) -> Result<Vec<u8>> {
         }
         Some((other, _)) => bail!("unknown object encoding {other}"),
         None => bail!("empty object file"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn objects_round_trip_compressed_or_raw() {
+        let text = b"fn main() { println!(\"hello\"); }\n".repeat(10_000);
+        let mut x = 1u64;
+        let noise: Vec<u8> = (0..300_000)
+            .map(|_| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                (x >> 33) as u8
+            })
+            .collect();
+        for (data, encoding) in [
+            (&text[..], ENCODING_ZSTD),
+            (&noise[..], ENCODING_RAW),
+            (&b""[..], ENCODING_RAW),
+        ] {
+            let encoded = encode(data).unwrap();
+            assert_eq!(encoded[0], encoding);
+            assert_eq!(decode(&encoded).unwrap(), data);
+        }
+        assert!(decode(&[9, 1, 2]).is_err());
+        assert!(decode(&[]).is_err());
     }
 }

@@ -307,7 +307,13 @@ pub fn write_pack(
     limiter: Option<&RateLimiter>,
 ) -> Result<PackOutcome> {
     let full = previous.is_none();
+    let timer = std::time::Instant::now();
     let selection = select(&repo, refs, previous.unwrap_or(&Previous::default()))?;
+    tracing::debug!(
+        seconds = timer.elapsed().as_secs_f64(),
+        commits = selection.commits.len(),
+        "selected new commits"
+    );
     if selection.commits.is_empty() && selection.trees.is_empty() && selection.as_is.is_empty() {
         return Ok(PackOutcome::default());
     }
@@ -328,6 +334,11 @@ pub fn write_pack(
         });
     }
     let counts = count(&handle, selection, full)?;
+    tracing::debug!(
+        seconds = timer.elapsed().as_secs_f64(),
+        objects = counts.len(),
+        "counted objects"
+    );
     let counted: Vec<ObjectId> = counts.iter().map(|c| c.id).collect();
     let num_objects = u32::try_from(counts.len()).context("more than 2^32 objects in one pack")?;
 
@@ -433,6 +444,11 @@ pub fn write_pack(
             .index_path
             .clone()
             .context("indexer wrote no index")?;
+        tracing::debug!(
+            seconds = timer.elapsed().as_secs_f64(),
+            bytes = bytes_read,
+            "pack written and indexed"
+        );
         check_index_holds(&index_path, object_hash, &counted)?;
         if indexed.index.data_hash != checksum {
             bail!(
@@ -447,6 +463,10 @@ pub fn write_pack(
             &mut index_writer,
         )?;
         let (index_chunks, index_stored) = index_writer.finish()?;
+        tracing::debug!(
+            seconds = timer.elapsed().as_secs_f64(),
+            "index checked and stored"
+        );
         Ok(PackOutcome {
             pack: Some(PackRecord {
                 checksum: checksum.to_string(),
