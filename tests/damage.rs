@@ -235,8 +235,17 @@ fn backup_killed_midway_is_completed_by_the_next_run() {
         .spawn()
         .unwrap();
     let start = Instant::now();
-    while store_objects(&store).is_empty() && start.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_millis(2));
+    // Kill it once a good part of the pack is stored, so that a re-run that stored it all
+    // again would show.
+    let stored_bytes = || -> u64 {
+        store_objects(&store)
+            .iter()
+            .filter_map(|f| f.metadata().ok())
+            .map(|m| m.len())
+            .sum()
+    };
+    while stored_bytes() < 6_000_000 && start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(1));
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
@@ -252,6 +261,18 @@ fn backup_killed_midway_is_completed_by_the_next_run() {
 
     env.backup("big", &repo);
     assert_eq!(code(&env.rv(&["verify"])), 0);
+    // What the killed run stored is reused, not stored a second time.
+    let listed: serde_json::Value =
+        serde_json::from_str(&env.rv_ok(&["snapshots", "big", "--json"])).unwrap();
+    let pack_bytes = listed[0]["pack_bytes"].as_u64().unwrap();
+    let stored: u64 = store_objects(&store)
+        .iter()
+        .map(|f| f.metadata().unwrap().len())
+        .sum();
+    assert!(
+        stored < pack_bytes + pack_bytes / 5,
+        "stored {stored} bytes for a {pack_bytes}-byte pack"
+    );
     let dest = env.path("out");
     env.restore("big", &dest, None);
     fsck(&dest);

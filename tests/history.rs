@@ -176,3 +176,74 @@ fn chrono_like_now() -> String {
         .unwrap();
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
+
+/// Backups taken while the source is pushed to and garbage-collected: each one either
+/// succeeds with a snapshot that restores exactly the refs it recorded, or fails cleanly.
+#[test]
+fn backups_during_pushes_and_gc_are_consistent() {
+    let env = Env::new();
+    env.init_store();
+    let repo = new_repo(&env.path("busy"));
+    for i in 0..10 {
+        commit_file(
+            &repo,
+            &format!("f{}", i % 3),
+            &noise(i, 20_000),
+            &format!("c{i}"),
+        );
+    }
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let pushes = std::sync::atomic::AtomicUsize::new(0);
+    let mut snapshots = Vec::new();
+    std::thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            let mut i = 100;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                commit_file(
+                    &repo,
+                    &format!("f{}", i % 5),
+                    &noise(i, 20_000),
+                    &format!("c{i}"),
+                );
+                if i % 3 == 0 {
+                    git(&repo, &["gc", "-q", "--prune=now"]);
+                }
+                i += 1;
+                pushes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        for _ in 0..8 {
+            // Let the source move on (and be repacked) between backups.
+            let seen = pushes.load(std::sync::atomic::Ordering::Relaxed);
+            let start = std::time::Instant::now();
+            while pushes.load(std::sync::atomic::Ordering::Relaxed) < seen + 3
+                && start.elapsed() < Duration::from_secs(30)
+            {
+                sleep(Duration::from_millis(10));
+            }
+            let out = env.rv(&["backup", "--name", "busy", &repo.to_string_lossy()]);
+            if out.status.success() {
+                snapshots.push(String::from_utf8(out.stdout).unwrap().trim().to_owned());
+            } else {
+                assert_eq!(code(&out), 1, "{}", stderr(&out));
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.join().unwrap();
+    });
+    assert!(
+        snapshots.len() >= 6,
+        "most backups succeed despite the churn ({} of 8)",
+        snapshots.len()
+    );
+    let listed = snapshots_json(&env, "busy");
+    for (i, id) in snapshots.iter().enumerate() {
+        let recorded = listed.iter().find(|s| s["id"] == id.as_str()).unwrap();
+        let dest = env.path(&format!("busy-{i}"));
+        env.restore("busy", &dest, Some(id));
+        fsck(&dest);
+        let head = git(&dest, &["rev-parse", "refs/heads/main"]);
+        assert_eq!(recorded["refs"]["refs/heads/main"], head.trim());
+    }
+    assert_eq!(code(&env.rv(&["verify"])), 0);
+}
