@@ -198,3 +198,24 @@ pub fn is_transient(err: &anyhow::Error) -> bool {
             || matches!(io.raw_os_error(), Some(5 | 11 | 116 | 110))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::is_transient;
+    use anyhow::Context;
+
+    #[test]
+    fn transient_errors_are_told_from_permanent_ones() {
+        let stale = std::io::Error::from_raw_os_error(116); // ESTALE
+        assert!(is_transient(
+            &anyhow::Error::new(stale).context("reading pack")
+        ));
+        let eio: anyhow::Result<()> = Err(std::io::Error::from_raw_os_error(5).into());
+        assert!(is_transient(&eio.context("repository x").unwrap_err()));
+        let missing = std::io::Error::new(std::io::ErrorKind::NotFound, "gone");
+        assert!(!is_transient(&anyhow::Error::new(missing)));
+        assert!(!is_transient(&anyhow::anyhow!(
+            "object 1234 is corrupt in the source"
+        )));
+    }
+}

@@ -452,3 +452,30 @@ fn json_logs_give_one_line_per_repository_result() {
             .all(|r| r["fields"]["repo"].is_string() && r["fields"]["bytes_stored"].is_u64())
     );
 }
+
+#[test]
+fn another_hosts_lock_is_respected_until_its_heartbeat_stops() {
+    let forge = Forge::new();
+    let lock = forge.env.path("store/locks/run");
+    std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
+    std::fs::write(&lock, r#"{"host":"backup-02.example","pid":4242,"pid_start":1,"started_at":"2026-11-20T01:15:00Z"}"#).unwrap();
+
+    let fresh = forge.run(&[]);
+    assert_eq!(code(&fresh), 0, "{}", stderr(&fresh));
+    assert!(
+        stderr(&fresh).contains("another run") && stderr(&fresh).contains("backup-02.example"),
+        "{}",
+        stderr(&fresh)
+    );
+    assert_eq!(forge.all_snapshots(), 0, "nothing was touched");
+
+    // Its heartbeat stopped an hour ago: the host is gone, the lock is stale.
+    let file = std::fs::OpenOptions::new().write(true).open(&lock).unwrap();
+    file.set_modified(std::time::SystemTime::now() - Duration::from_secs(3600))
+        .unwrap();
+    drop(file);
+    let takeover = forge.run(&[]);
+    assert_eq!(code(&takeover), 0, "{}", stderr(&takeover));
+    assert_eq!(forge.all_snapshots(), REPOS);
+    assert!(!lock.exists());
+}
