@@ -31,7 +31,6 @@ pub fn backup_git(
     store: &Store,
     name: &str,
     path: &Path,
-    scratch: &Path,
     limiter: Option<&RateLimiter>,
 ) -> Result<BackupReport> {
     crate::name::validate(name)?;
@@ -51,8 +50,7 @@ pub fn backup_git(
         let refs_stat = git::source::refs_stat(&git_dir);
         let refs = git::source::read_refs(&repo)?;
         let object_format = repo.object_hash().to_string();
-        let result =
-            git::backup::write_pack(store, repo, &refs, previous.as_ref(), scratch, limiter);
+        let result = git::backup::write_pack(store, repo, &refs, previous.as_ref(), limiter);
         let outcome = match result {
             Ok(outcome) => outcome,
             Err(e) if attempt < ATTEMPTS && pack_files(&git_dir) != packs_before => {

@@ -17,8 +17,8 @@ pub struct Config {
     pub database_url: Option<String>,
     /// "text" or "json".
     pub log_format: Option<String>,
-    /// Where the pack indexer keeps its working copy during a backup (default: the system
-    /// temporary directory). Must be local and have room for the largest repository's pack.
+    /// Where `verify --deep` rebuilds repositories (default: the system temporary
+    /// directory). Must have room for the largest repository.
     pub scratch_dir: Option<PathBuf>,
     /// Replacement for the `ssh` command for ssh:// stores.
     pub ssh_command: Option<String>,

@@ -3,7 +3,6 @@
 
 use std::{
     collections::{HashSet, VecDeque},
-    path::PathBuf,
     sync::{Mutex, mpsc},
     time::{Duration, Instant},
 };
@@ -108,8 +107,6 @@ pub struct JobResult {
 pub struct ExecOptions<'a> {
     pub jobs: usize,
     pub limiter: Option<&'a RateLimiter>,
-    /// Where each job makes its scratch directory.
-    pub scratch_base: PathBuf,
     /// Delays between attempts for transient errors; its length is the number of retries.
     pub retry_delays: Vec<Duration>,
 }
@@ -157,21 +154,7 @@ fn back_up_with_retries(
     let mut attempts = 0;
     let outcome = loop {
         attempts += 1;
-        let result = tempfile::Builder::new()
-            .prefix("repovault-")
-            .tempdir_in(&options.scratch_base)
-            .map_err(|e| {
-                anyhow::anyhow!("scratch directory {}: {e}", options.scratch_base.display())
-            })
-            .and_then(|scratch| {
-                backup_git(
-                    store,
-                    &candidate.name,
-                    &candidate.path,
-                    scratch.path(),
-                    options.limiter,
-                )
-            });
+        let result = backup_git(store, &candidate.name, &candidate.path, options.limiter);
         match result {
             Ok(report) => break Outcome::BackedUp(report),
             Err(e) if attempts <= options.retry_delays.len() && is_transient(&e) => {

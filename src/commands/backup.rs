@@ -32,8 +32,7 @@ pub fn run(ctx: &Context, args: &BackupArgs) -> Result<Outcome> {
         )));
     }
     let store = ctx.open_store(&args.store)?;
-    let scratch = ctx.scratch()?;
-    let report = crate::backup::backup_git(&store, &name, &args.path, scratch.path(), None)
+    let report = crate::backup::backup_git(&store, &name, &args.path, None)
         .with_context(|| format!("repository {name} ({}): backup failed", args.path.display()))?;
     tracing::info!(
         repo = name,

@@ -130,11 +130,9 @@ pub fn run(ctx: &Context, args: &RunArgs) -> Result<Outcome> {
     let progress = progress_bar(ctx, work.len() as u64);
     let changed = work.len() as u64;
     let (mut backed_up, mut bytes_read, mut bytes_stored) = (0u64, 0u64, 0u64);
-    let scratch_base = ctx.scratch_base();
     let options = ExecOptions {
         jobs,
         limiter: limiter.as_ref(),
-        scratch_base,
         retry_delays: RETRY_DELAYS.to_vec(),
     };
     scheduler::execute(&store, work, &options, |result| {

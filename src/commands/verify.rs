@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::Args;
 use serde::Serialize;
 
@@ -242,6 +242,25 @@ fn deep_check(ctx: &Context, store: &Store, latest: &StoredSnapshot) -> Result<(
     let target = scratch.path().join("repo.git");
     let chain = store.chain(&latest.snapshot.repo, &latest.id)?;
     crate::vcs::git::restore::build(store, &chain, &target)?;
+    // Every object of every pack re-hashed against its index entry (backups record ids
+    // without hashing objects again; this is where that is checked).
+    for pack in chain.iter().flat_map(|link| &link.snapshot.packs) {
+        let path = target.join(format!("objects/pack/pack-{}.idx", pack.checksum));
+        let bundle = gix_pack::Bundle::at(&path, gix::hash::Kind::Sha1)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("pack {}", pack.checksum))?;
+        bundle
+            .verify_integrity(
+                &mut gix::progress::Discard,
+                &std::sync::atomic::AtomicBool::new(false),
+                gix_pack::index::verify::integrity::Options {
+                    verify_mode: gix_pack::index::verify::Mode::HashCrc32Decode,
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("pack {} fails its integrity check", pack.checksum))?;
+    }
     let repo = gix::open_opts(&target, gix::open::Options::isolated())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let refs = crate::vcs::git::source::read_refs(&repo)?;

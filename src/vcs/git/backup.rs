@@ -1,16 +1,16 @@
 //! Backing up a git repository: the objects new since the previous snapshot, as one pack.
 //!
 //! The pack is produced by gix-pack's plumbing in three stages (count, entries, bytes) and
-//! streamed twice at once: into the store, chunked, and into gix's pack indexer in a
-//! scratch directory. The indexer re-hashes every object it receives, so comparing its
-//! index with the list of objects we counted proves, before the snapshot is committed,
-//! that every object the snapshot claims is in its pack with the right content. The
-//! index is stored as well, which makes a restore a plain copy.
+//! streamed twice at once: into the store, chunked, and into a parse of the pack that
+//! decompresses every entry and checks the pack's checksum. The parse gives each entry's
+//! offset and CRC32; with the ids the writer wrote, that is the pack index, built without
+//! resolving a delta or hashing an object again. Before the snapshot is committed, the pack
+//! must hold exactly the objects counted, each decompressing cleanly. The index is stored
+//! too, which makes a restore a plain copy. (`verify --deep` re-hashes every object.)
 
 use std::{
     collections::{BTreeSet, HashSet},
     io::{self, BufRead, Read, Write},
-    path::Path,
     sync::{
         Arc,
         atomic::AtomicBool,
@@ -22,7 +22,10 @@ use anyhow::{Context, Result, anyhow, bail};
 use gix::{ObjectId, parallel::Finalize};
 use gix_pack::data::output::{self, count::objects::ObjectExpansion};
 
-use super::source::RefState;
+use super::{
+    pack_index::{IndexEntry, encode_v2},
+    source::RefState,
+};
 use crate::{
     snapshot::PackRecord,
     store::{
@@ -295,15 +298,13 @@ impl BufRead for ChannelReader {
 }
 
 /// Stores the objects of `repo` that are new since `previous` as one pack with its index.
-/// `scratch` is a local directory for the indexer's copy of the pack. `limiter` paces the
-/// pack stream; almost all of it is copied from the source's packs, so this paces the reads
-/// of the source disks too.
+/// `limiter` paces the pack stream; almost all of it is copied from the source's packs, so
+/// this paces the reads of the source disks too.
 pub fn write_pack(
     store: &Store,
     repo: gix::Repository,
     refs: &RefState,
     previous: Option<&Previous>,
-    scratch: &Path,
     limiter: Option<&RateLimiter>,
 ) -> Result<PackOutcome> {
     let full = previous.is_none();
@@ -339,11 +340,11 @@ pub fn write_pack(
         objects = counts.len(),
         "counted objects"
     );
-    let counted: Vec<ObjectId> = counts.iter().map(|c| c.id).collect();
+    check_loose_objects(&handle, &counts)?;
     let num_objects = u32::try_from(counts.len()).context("more than 2^32 objects in one pack")?;
 
     let (store_tx, store_rx) = sync_channel::<Arc<Vec<u8>>>(4);
-    let (index_tx, index_rx) = sync_channel::<Arc<Vec<u8>>>(4);
+    let (parse_tx, parse_rx) = sync_channel::<Arc<Vec<u8>>>(4);
     std::thread::scope(|scope| -> Result<PackOutcome> {
         let store_thread = scope.spawn(move || -> Result<(ChunkList, u64)> {
             let mut writer = ChunkedWriter::new(store);
@@ -352,32 +353,24 @@ pub fn write_pack(
             }
             writer.finish()
         });
-        let index_thread = scope.spawn(move || -> Result<gix_pack::bundle::write::Outcome> {
-            let mut reader = ChannelReader {
-                rx: index_rx,
-                block: Arc::new(Vec::new()),
-                pos: 0,
-            };
-            let outcome = gix_pack::Bundle::write_to_directory(
-                &mut reader,
-                Some(scratch),
-                &mut gix::progress::Discard,
-                &AtomicBool::new(false),
-                None::<gix::objs::find::Never>,
+        let parse_thread = scope.spawn(move || {
+            parse_pack(
+                ChannelReader {
+                    rx: parse_rx,
+                    block: Arc::new(Vec::new()),
+                    pos: 0,
+                },
                 object_hash,
-                gix_pack::bundle::write::Options::default(),
-            );
-            // Drain so that the writer never blocks on a failed indexer.
-            std::io::copy(&mut reader, &mut std::io::sink()).ok();
-            outcome.map_err(|e| anyhow!("{e}"))
+            )
         });
 
         let mut tee = Tee {
             block: Vec::with_capacity(BLOCK),
             limiter,
-            outputs: [store_tx, index_tx],
+            outputs: [store_tx, parse_tx],
             written: 0,
         };
+        let mut written_ids: Vec<ObjectId> = Vec::with_capacity(counts.len());
         let generated = (|| -> Result<(ObjectId, output::entry::iter_from_counts::Outcome)> {
             let mut entries = gix::parallel::InOrderIter::from(
                 output::entry::iter_from_counts(
@@ -395,8 +388,15 @@ pub fn write_pack(
                 )
                 .map_err(|e| anyhow!("{e}"))?,
             );
+            // The pack writer skips invalid (missing) entries; the ids of what it does write,
+            // in order, pair up with the entries the parse finds.
+            let recorded = entries.by_ref().inspect(|chunk| {
+                if let Ok(chunk) = chunk {
+                    written_ids.extend(chunk.iter().filter(|e| !e.is_invalid()).map(|e| e.id));
+                }
+            });
             let mut bytes = output::bytes::FromEntriesIter::new(
-                entries.by_ref(),
+                recorded,
                 &mut tee,
                 num_objects,
                 gix_pack::data::Version::default(),
@@ -417,56 +417,59 @@ pub fn write_pack(
         let stored = store_thread
             .join()
             .map_err(|_| anyhow!("store writer thread panicked"))?;
-        let indexed = index_thread
+        let parsed = parse_thread
             .join()
-            .map_err(|_| anyhow!("pack indexer thread panicked"))?;
+            .map_err(|_| anyhow!("pack parser thread panicked"))?;
 
         let (checksum, entries_outcome) =
             generated.context("generating the pack from the source")?;
         flushed?;
         if entries_outcome.missing_objects > 0 {
-            let missing: Vec<String> = counted
-                .iter()
-                .filter(|id| !handle_contains(&handle, id))
-                .take(5)
-                .map(|id| id.to_string())
-                .collect();
             bail!(
-                "{} object(s) reachable from the refs are missing in the source (first: {}); no snapshot recorded",
-                entries_outcome.missing_objects,
-                missing.join(", ")
+                "{} object(s) reachable from the refs are missing in the source; no snapshot recorded",
+                entries_outcome.missing_objects
             );
         }
         let (pack_chunks, pack_stored) = stored.context("storing pack data")?;
-        let indexed =
-            indexed.context("indexing the generated pack (source object data is corrupt)")?;
-        let index_path = indexed
-            .index_path
-            .clone()
-            .context("indexer wrote no index")?;
+        let parsed = match parsed {
+            Ok(parsed) => parsed,
+            Err(Damaged { entry, error }) => {
+                let id = written_ids
+                    .get(entry)
+                    .map_or("(unknown)".to_owned(), ObjectId::to_string);
+                bail!(
+                    "object {id} is corrupt in the source: its pack data does not decompress ({error})"
+                );
+            }
+        };
         tracing::debug!(
             seconds = timer.elapsed().as_secs_f64(),
             bytes = bytes_read,
-            "pack written and indexed"
+            "pack written and parsed"
         );
-        check_index_holds(&index_path, object_hash, &counted)?;
-        if indexed.index.data_hash != checksum {
+        if parsed.trailer != checksum {
             bail!(
-                "the indexed pack's checksum {} differs from the generated {checksum}",
-                indexed.index.data_hash
+                "the written pack's checksum {} differs from the generated {checksum}",
+                parsed.trailer
             );
         }
+        if parsed.entries.len() != written_ids.len() || written_ids.len() != num_objects as usize {
+            bail!(
+                "the generated pack holds {} entries for {} objects written and {num_objects} counted",
+                parsed.entries.len(),
+                written_ids.len()
+            );
+        }
+        let index_entries = written_ids
+            .into_iter()
+            .zip(parsed.entries)
+            .map(|(id, (offset, crc32))| IndexEntry { id, offset, crc32 })
+            .collect();
+        let index = encode_v2(index_entries, checksum)?;
         let mut index_writer = ChunkedWriter::new(store);
-        std::io::copy(
-            &mut std::fs::File::open(&index_path)
-                .with_context(|| format!("reading {}", index_path.display()))?,
-            &mut index_writer,
-        )?;
+        index_writer.write_all(&index)?;
         let (index_chunks, index_stored) = index_writer.finish()?;
-        tracing::debug!(
-            seconds = timer.elapsed().as_secs_f64(),
-            "index checked and stored"
-        );
+        tracing::debug!(seconds = timer.elapsed().as_secs_f64(), "index stored");
         Ok(PackOutcome {
             pack: Some(PackRecord {
                 checksum: checksum.to_string(),
@@ -480,40 +483,83 @@ pub fn write_pack(
     })
 }
 
-fn handle_contains(handle: &Handle, id: &ObjectId) -> bool {
-    use gix::objs::Exists;
-    handle.exists(id)
-}
-
-/// Every counted object must be in the index the indexer built from the bytes we stored:
-/// an object whose source data was corrupt hashes to a different id there.
-fn check_index_holds(
-    index_path: &Path,
-    object_hash: gix::hash::Kind,
-    counted: &[ObjectId],
-) -> Result<()> {
-    let index = gix_pack::index::File::at(index_path, object_hash)
-        .map_err(|e| anyhow!("{e}"))
-        .with_context(|| format!("opening {}", index_path.display()))?;
-    if index.num_objects() as usize != counted.len() {
-        let missing: Vec<String> = counted
-            .iter()
-            .filter(|id| index.lookup(id.as_ref()).is_none())
-            .take(5)
-            .map(|id| id.to_string())
-            .collect();
-        bail!(
-            "the generated pack holds {} objects where {} were counted; corrupt in the source: {}",
-            index.num_objects(),
-            counted.len(),
-            missing.join(", ")
-        );
-    }
-    if let Some(id) = counted
-        .iter()
-        .find(|id| index.lookup(id.as_ref()).is_none())
-    {
-        bail!("object {id} is corrupt in the source: its data does not hash to its id");
+/// Objects not in a pack are read and deflated anew rather than copied; gix does not check
+/// that a loose object's content hashes to its name, so that is checked here. (Packed
+/// objects are checked by the parse of the written pack: every entry must decompress.)
+fn check_loose_objects(handle: &Handle, counts: &[output::Count]) -> Result<()> {
+    use gix_pack::Find;
+    let mut buf = Vec::new();
+    for count in counts {
+        if handle
+            .location_by_oid(&count.id, &mut buf)
+            .map_err(|e| anyhow!("{e}"))?
+            .is_some()
+        {
+            continue;
+        }
+        let (data, _) = handle
+            .try_find(&count.id, &mut buf)
+            .map_err(|e| anyhow!("{e}"))
+            .with_context(|| format!("object {} is unreadable in the source", count.id))?
+            .with_context(|| format!("object {} is missing in the source", count.id))?;
+        let actual = gix::objs::compute_hash(count.id.kind(), data.kind, data.data)
+            .map_err(|e| anyhow!("{e}"))?;
+        if actual != count.id {
+            bail!(
+                "object {} is corrupt in the source: its content hashes to {actual}",
+                count.id
+            );
+        }
     }
     Ok(())
+}
+
+/// What a parse of the written pack found: every entry's offset and CRC32, and the trailer.
+struct ParsedPack {
+    entries: Vec<(u64, u32)>,
+    trailer: ObjectId,
+}
+
+/// The parse failed at entry number `entry`.
+struct Damaged {
+    entry: usize,
+    error: String,
+}
+
+/// Reads the pack as it is being stored: every entry is decompressed (zlib checks its own
+/// checksum) and the pack's trailing checksum is verified.
+fn parse_pack(
+    mut reader: ChannelReader,
+    object_hash: gix::hash::Kind,
+) -> std::result::Result<ParsedPack, Damaged> {
+    let result = (|| {
+        let iter = gix_pack::data::input::BytesToEntriesIter::new_from_header(
+            &mut reader,
+            gix_pack::data::input::Mode::Verify,
+            gix_pack::data::input::EntryDataMode::Crc32,
+            object_hash,
+        )
+        .map_err(|e| Damaged {
+            entry: 0,
+            error: e.to_string(),
+        })?;
+        let mut entries = Vec::new();
+        let mut trailer = None;
+        for entry in iter {
+            let entry = entry.map_err(|e| Damaged {
+                entry: entries.len(),
+                error: e.to_string(),
+            })?;
+            entries.push((entry.pack_offset, entry.crc32.unwrap_or_default()));
+            trailer = entry.trailer.or(trailer);
+        }
+        let trailer = trailer.ok_or(Damaged {
+            entry: entries.len(),
+            error: "the pack has no trailer".into(),
+        })?;
+        Ok(ParsedPack { entries, trailer })
+    })();
+    // Drain so that the writer never blocks on a parser that stopped early.
+    std::io::copy(&mut reader, &mut std::io::sink()).ok();
+    result
 }

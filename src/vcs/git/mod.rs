@@ -8,5 +8,6 @@
 
 pub mod backup;
 pub mod connectivity;
+pub mod pack_index;
 pub mod restore;
 pub mod source;
