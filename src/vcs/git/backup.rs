@@ -1,20 +1,21 @@
 //! Backing up a git repository: the objects new since the previous snapshot, as one pack.
 //!
-//! The pack is produced by gix-pack's plumbing in three stages (count, entries, bytes) and
-//! streamed twice at once: into the store, chunked, and into a parse of the pack that
-//! decompresses every entry and checks the pack's checksum. The parse gives each entry's
-//! offset and CRC32; with the ids the writer wrote, that is the pack index, built without
-//! resolving a delta or hashing an object again. Before the snapshot is committed, the pack
-//! must hold exactly the objects counted, each decompressing cleanly. The index is stored
-//! too, which makes a restore a plain copy. (`verify --deep` re-hashes every object.)
+//! The pack is produced by gix-pack's plumbing (count, then entries) and our `PackWriter`,
+//! and streamed into the store, chunked. The writer records each entry's id, offset and
+//! CRC32, which is the pack index: no delta is resolved and no object hashed again. While
+//! it writes, the other core checks the source: every copied entry against the CRC32 in the
+//! source's pack index, every loose object against its name. Before the snapshot is
+//! committed, the pack must hold exactly the objects counted. The index is stored too,
+//! which makes a restore a plain copy. (`verify --deep` re-hashes every object.)
 
 use std::{
     collections::{BTreeSet, HashSet},
-    io::{self, BufRead, Read, Write},
+    io::{self, Write},
+    path::Path,
     sync::{
         Arc,
         atomic::AtomicBool,
-        mpsc::{Receiver, SyncSender, sync_channel},
+        mpsc::{SyncSender, sync_channel},
     },
 };
 
@@ -24,6 +25,7 @@ use gix_pack::data::output::{self, count::objects::ObjectExpansion};
 
 use super::{
     pack_index::{IndexEntry, encode_v2},
+    pack_writer::PackWriter,
     source::RefState,
 };
 use crate::{
@@ -218,31 +220,26 @@ fn count(handle: &Handle, selection: Selection, full: bool) -> Result<Vec<output
     Ok(counts)
 }
 
-/// Sends what is written to two consumers in blocks.
-struct Tee<'l> {
+/// Sends what is written to the store thread in blocks, at the pace the limiter allows.
+struct BlockSender<'l> {
     block: Vec<u8>,
     limiter: Option<&'l RateLimiter>,
-    outputs: [SyncSender<Arc<Vec<u8>>>; 2],
+    output: SyncSender<Vec<u8>>,
     written: u64,
 }
 
 const BLOCK: usize = 1 << 20;
 
-impl Tee<'_> {
+impl BlockSender<'_> {
     fn send_block(&mut self) -> io::Result<()> {
-        let block = Arc::new(std::mem::replace(
-            &mut self.block,
-            Vec::with_capacity(BLOCK),
-        ));
-        for out in &self.outputs {
-            out.send(block.clone())
-                .map_err(|_| io::Error::other("a pack consumer stopped early"))?;
-        }
-        Ok(())
+        let block = std::mem::replace(&mut self.block, Vec::with_capacity(BLOCK));
+        self.output
+            .send(block)
+            .map_err(|_| io::Error::other("the store writer stopped early"))
     }
 }
 
-impl Write for Tee<'_> {
+impl Write for BlockSender<'_> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         if let Some(limiter) = self.limiter {
             limiter.acquire(data.len());
@@ -259,41 +256,6 @@ impl Write for Tee<'_> {
             self.send_block()?;
         }
         Ok(())
-    }
-}
-
-/// Reads blocks from a channel as one byte stream.
-struct ChannelReader {
-    rx: Receiver<Arc<Vec<u8>>>,
-    block: Arc<Vec<u8>>,
-    pos: usize,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        let available = self.fill_buf()?;
-        let n = available.len().min(out.len());
-        out[..n].copy_from_slice(&available[..n]);
-        self.consume(n);
-        Ok(n)
-    }
-}
-
-impl BufRead for ChannelReader {
-    fn fill_buf(&mut self) -> io::Result<&[u8]> {
-        while self.pos == self.block.len() {
-            match self.rx.recv() {
-                Ok(block) => {
-                    self.block = block;
-                    self.pos = 0;
-                }
-                Err(_) => return Ok(&[]),
-            }
-        }
-        Ok(&self.block[self.pos..])
-    }
-    fn consume(&mut self, n: usize) {
-        self.pos += n;
     }
 }
 
@@ -319,6 +281,7 @@ pub fn write_pack(
         return Ok(PackOutcome::default());
     }
     let object_hash = repo.object_hash();
+    let pack_indexes = source_pack_indexes(&repo.git_dir().join("objects"), object_hash)?;
     let mut handle: Handle = repo.into_sync().objects.into_shared_arc().to_cache_arc();
     handle.prevent_pack_unload();
     handle.ignore_replacements = true;
@@ -340,11 +303,10 @@ pub fn write_pack(
         objects = counts.len(),
         "counted objects"
     );
-    check_loose_objects(&handle, &counts)?;
+    let counted: Vec<ObjectId> = counts.iter().map(|c| c.id).collect();
     let num_objects = u32::try_from(counts.len()).context("more than 2^32 objects in one pack")?;
 
-    let (store_tx, store_rx) = sync_channel::<Arc<Vec<u8>>>(4);
-    let (parse_tx, parse_rx) = sync_channel::<Arc<Vec<u8>>>(4);
+    let (store_tx, store_rx) = sync_channel::<Vec<u8>>(4);
     std::thread::scope(|scope| -> Result<PackOutcome> {
         let store_thread = scope.spawn(move || -> Result<(ChunkList, u64)> {
             let mut writer = ChunkedWriter::new(store);
@@ -353,25 +315,21 @@ pub fn write_pack(
             }
             writer.finish()
         });
-        let parse_thread = scope.spawn(move || {
-            parse_pack(
-                ChannelReader {
-                    rx: parse_rx,
-                    block: Arc::new(Vec::new()),
-                    pos: 0,
-                },
-                object_hash,
-            )
+        // Checked on the other core while the pack is written: copied data must be what the
+        // source's index says it is, loose objects must hash to their names.
+        let (check_handle, counted, pack_indexes) = (handle.clone(), &counted, &pack_indexes);
+        let source_check = scope.spawn(move || -> Result<()> {
+            check_packed_crcs(&check_handle, counted, pack_indexes)?;
+            check_loose_objects(&check_handle, counted)
         });
 
-        let mut tee = Tee {
+        let sink = BlockSender {
             block: Vec::with_capacity(BLOCK),
             limiter,
-            outputs: [store_tx, parse_tx],
+            output: store_tx,
             written: 0,
         };
-        let mut written_ids: Vec<ObjectId> = Vec::with_capacity(counts.len());
-        let generated = (|| -> Result<(ObjectId, output::entry::iter_from_counts::Outcome)> {
+        let generated = (|| -> Result<(ObjectId, Vec<IndexEntry>, BlockSender<'_>, output::entry::iter_from_counts::Outcome)> {
             let mut entries = gix::parallel::InOrderIter::from(
                 output::entry::iter_from_counts(
                     counts,
@@ -388,83 +346,40 @@ pub fn write_pack(
                 )
                 .map_err(|e| anyhow!("{e}"))?,
             );
-            // The pack writer skips invalid (missing) entries; the ids of what it does write,
-            // in order, pair up with the entries the parse finds.
-            let recorded = entries.by_ref().inspect(|chunk| {
-                if let Ok(chunk) = chunk {
-                    written_ids.extend(chunk.iter().filter(|e| !e.is_invalid()).map(|e| e.id));
-                }
-            });
-            let mut bytes = output::bytes::FromEntriesIter::new(
-                recorded,
-                &mut tee,
-                num_objects,
-                gix_pack::data::Version::default(),
-                object_hash,
-            );
-            for written in bytes.by_ref() {
-                written
-                    .map_err(|e| anyhow!("{e}"))
-                    .context("writing pack data")?;
+            let mut writer = PackWriter::new(sink, num_objects, object_hash)?;
+            for chunk in entries.by_ref() {
+                writer.write_entries(chunk.map_err(|e| anyhow!("{e}"))?)?;
             }
-            let checksum = bytes.digest().context("pack writer did not finish")?;
             let outcome = entries.inner.finalize().map_err(|e| anyhow!("{e}"))?;
-            Ok((checksum, outcome))
+            if outcome.missing_objects > 0 {
+                bail!("{} object(s) reachable from the refs are missing in the source", outcome.missing_objects);
+            }
+            let (checksum, index, sink) = writer.finish()?;
+            Ok((checksum, index, sink, outcome))
         })();
-        let flushed = tee.flush();
-        let bytes_read = tee.written;
-        drop(tee);
+        let bytes_read = match &generated {
+            Ok((_, _, sink, _)) => sink.written,
+            Err(_) => 0,
+        };
+        // Dropping the sender (with the writer, on error) lets the store thread finish.
+        let generated = generated.map(|(checksum, index, sink, _)| {
+            drop(sink);
+            (checksum, index)
+        });
         let stored = store_thread
             .join()
             .map_err(|_| anyhow!("store writer thread panicked"))?;
-        let parsed = parse_thread
+        let source_ok = source_check
             .join()
-            .map_err(|_| anyhow!("pack parser thread panicked"))?;
-
-        let (checksum, entries_outcome) =
-            generated.context("generating the pack from the source")?;
-        flushed?;
-        if entries_outcome.missing_objects > 0 {
-            bail!(
-                "{} object(s) reachable from the refs are missing in the source; no snapshot recorded",
-                entries_outcome.missing_objects
-            );
-        }
+            .map_err(|_| anyhow!("source check thread panicked"))?;
+        source_ok?;
+        let (checksum, index_entries) = generated.context("generating the pack from the source")?;
         let (pack_chunks, pack_stored) = stored.context("storing pack data")?;
-        let parsed = match parsed {
-            Ok(parsed) => parsed,
-            Err(Damaged { entry, error }) => {
-                let id = written_ids
-                    .get(entry)
-                    .map_or("(unknown)".to_owned(), ObjectId::to_string);
-                bail!(
-                    "object {id} is corrupt in the source: its pack data does not decompress ({error})"
-                );
-            }
-        };
         tracing::debug!(
             seconds = timer.elapsed().as_secs_f64(),
             bytes = bytes_read,
-            "pack written and parsed"
+            "pack written"
         );
-        if parsed.trailer != checksum {
-            bail!(
-                "the written pack's checksum {} differs from the generated {checksum}",
-                parsed.trailer
-            );
-        }
-        if parsed.entries.len() != written_ids.len() || written_ids.len() != num_objects as usize {
-            bail!(
-                "the generated pack holds {} entries for {} objects written and {num_objects} counted",
-                parsed.entries.len(),
-                written_ids.len()
-            );
-        }
-        let index_entries = written_ids
-            .into_iter()
-            .zip(parsed.entries)
-            .map(|(id, (offset, crc32))| IndexEntry { id, offset, crc32 })
-            .collect();
         let index = encode_v2(index_entries, checksum)?;
         let mut index_writer = ChunkedWriter::new(store);
         index_writer.write_all(&index)?;
@@ -483,83 +398,114 @@ pub fn write_pack(
     })
 }
 
-/// Objects not in a pack are read and deflated anew rather than copied; gix does not check
-/// that a loose object's content hashes to its name, so that is checked here. (Packed
-/// objects are checked by the parse of the written pack: every entry must decompress.)
-fn check_loose_objects(handle: &Handle, counts: &[output::Count]) -> Result<()> {
+/// The pack indexes of the source's object directory and of its alternates.
+fn source_pack_indexes(
+    objects_dir: &Path,
+    object_hash: gix::hash::Kind,
+) -> Result<Vec<gix_pack::index::File>> {
+    let mut dirs = vec![objects_dir.to_owned()];
+    let mut i = 0;
+    while i < dirs.len() && dirs.len() < 64 {
+        if let Ok(text) = std::fs::read_to_string(dirs[i].join("info/alternates")) {
+            for line in text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            {
+                let dir = dirs[i].join(line);
+                if !dirs.contains(&dir) {
+                    dirs.push(dir);
+                }
+            }
+        }
+        i += 1;
+    }
+    let mut indexes = Vec::new();
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(dir.join("pack")) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "idx") {
+                // A pack deleted by a concurrent gc after listing: the backup retries.
+                if let Ok(index) = gix_pack::index::File::at(&path, object_hash) {
+                    indexes.push(index);
+                }
+            }
+        }
+    }
+    Ok(indexes)
+}
+
+/// Every packed object's entry bytes must match the CRC32 its pack index recorded, as git
+/// checks when it reuses pack data: this is what finds bit rot in the source before it is
+/// copied into a snapshot.
+fn check_packed_crcs(
+    handle: &Handle,
+    ids: &[ObjectId],
+    indexes: &[gix_pack::index::File],
+) -> Result<()> {
     use gix_pack::Find;
     let mut buf = Vec::new();
-    for count in counts {
+    for id in ids {
+        let Some(location) = handle
+            .location_by_oid(id, &mut buf)
+            .map_err(|e| anyhow!("{e}"))?
+        else {
+            continue;
+        };
+        let Some(entry) = handle.entry_by_location(&location) else {
+            continue;
+        };
+        let actual = crc32fast::hash(&entry.data);
+        let mut recorded = indexes.iter().filter_map(|index| {
+            let at = index.lookup(id.as_ref())?;
+            (index.pack_offset_at_index(at) == location.pack_offset)
+                .then(|| index.crc32_at_index(at))
+                .flatten()
+        });
+        let mut any = false;
+        if recorded.any(|crc| {
+            any = true;
+            crc == actual
+        }) || !any
+        {
+            continue;
+        }
+        bail!(
+            "object {id} is corrupt in the source: its pack data does not match the CRC32 its pack index records"
+        );
+    }
+    Ok(())
+}
+
+/// Objects not in a pack are read and deflated anew rather than copied; gix does not check
+/// that a loose object's content hashes to its name, so that is checked here.
+fn check_loose_objects(handle: &Handle, ids: &[ObjectId]) -> Result<()> {
+    use gix_pack::Find;
+    let mut buf = Vec::new();
+    for id in ids {
         if handle
-            .location_by_oid(&count.id, &mut buf)
+            .location_by_oid(id, &mut buf)
             .map_err(|e| anyhow!("{e}"))?
             .is_some()
         {
             continue;
         }
         let (data, _) = handle
-            .try_find(&count.id, &mut buf)
+            .try_find(id, &mut buf)
             .map_err(|e| anyhow!("{e}"))
-            .with_context(|| format!("object {} is unreadable in the source", count.id))?
-            .with_context(|| format!("object {} is missing in the source", count.id))?;
-        let actual = gix::objs::compute_hash(count.id.kind(), data.kind, data.data)
-            .map_err(|e| anyhow!("{e}"))?;
-        if actual != count.id {
+            .with_context(|| format!("object {} is unreadable in the source", *id))?
+            .with_context(|| format!("object {} is missing in the source", *id))?;
+        let actual =
+            gix::objs::compute_hash(id.kind(), data.kind, data.data).map_err(|e| anyhow!("{e}"))?;
+        if actual != *id {
             bail!(
                 "object {} is corrupt in the source: its content hashes to {actual}",
-                count.id
+                *id
             );
         }
     }
     Ok(())
-}
-
-/// What a parse of the written pack found: every entry's offset and CRC32, and the trailer.
-struct ParsedPack {
-    entries: Vec<(u64, u32)>,
-    trailer: ObjectId,
-}
-
-/// The parse failed at entry number `entry`.
-struct Damaged {
-    entry: usize,
-    error: String,
-}
-
-/// Reads the pack as it is being stored: every entry is decompressed (zlib checks its own
-/// checksum) and the pack's trailing checksum is verified.
-fn parse_pack(
-    mut reader: ChannelReader,
-    object_hash: gix::hash::Kind,
-) -> std::result::Result<ParsedPack, Damaged> {
-    let result = (|| {
-        let iter = gix_pack::data::input::BytesToEntriesIter::new_from_header(
-            &mut reader,
-            gix_pack::data::input::Mode::Verify,
-            gix_pack::data::input::EntryDataMode::Crc32,
-            object_hash,
-        )
-        .map_err(|e| Damaged {
-            entry: 0,
-            error: e.to_string(),
-        })?;
-        let mut entries = Vec::new();
-        let mut trailer = None;
-        for entry in iter {
-            let entry = entry.map_err(|e| Damaged {
-                entry: entries.len(),
-                error: e.to_string(),
-            })?;
-            entries.push((entry.pack_offset, entry.crc32.unwrap_or_default()));
-            trailer = entry.trailer.or(trailer);
-        }
-        let trailer = trailer.ok_or(Damaged {
-            entry: entries.len(),
-            error: "the pack has no trailer".into(),
-        })?;
-        Ok(ParsedPack { entries, trailer })
-    })();
-    // Drain so that the writer never blocks on a parser that stopped early.
-    std::io::copy(&mut reader, &mut std::io::sink()).ok();
-    result
 }

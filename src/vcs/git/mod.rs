@@ -9,5 +9,6 @@
 pub mod backup;
 pub mod connectivity;
 pub mod pack_index;
+pub mod pack_writer;
 pub mod restore;
 pub mod source;
