@@ -281,7 +281,7 @@ pub fn write_pack(
         return Ok(PackOutcome::default());
     }
     let object_hash = repo.object_hash();
-    let pack_indexes = source_pack_indexes(&repo.git_dir().join("objects"), object_hash)?;
+    let source_packs = source_packs(&repo.git_dir().join("objects"), object_hash)?;
     let mut handle: Handle = repo.into_sync().objects.into_shared_arc().to_cache_arc();
     handle.prevent_pack_unload();
     handle.ignore_replacements = true;
@@ -317,11 +317,9 @@ pub fn write_pack(
         });
         // Checked on the other core while the pack is written: copied data must be what the
         // source's index says it is, loose objects must hash to their names.
-        let (check_handle, counted, pack_indexes) = (handle.clone(), &counted, &pack_indexes);
-        let source_check = scope.spawn(move || -> Result<()> {
-            check_packed_crcs(&check_handle, counted, pack_indexes)?;
-            check_loose_objects(&check_handle, counted)
-        });
+        let (check_handle, counted, source_packs) = (handle.clone(), &counted, &source_packs);
+        let source_check =
+            scope.spawn(move || check_source_objects(&check_handle, counted, source_packs));
 
         let sink = BlockSender {
             block: Vec::with_capacity(BLOCK),
@@ -398,11 +396,27 @@ pub fn write_pack(
     })
 }
 
-/// The pack indexes of the source's object directory and of its alternates.
-fn source_pack_indexes(
-    objects_dir: &Path,
-    object_hash: gix::hash::Kind,
-) -> Result<Vec<gix_pack::index::File>> {
+/// A pack of the source, opened to check the entries we copy from it.
+struct SourcePack {
+    bundle: gix_pack::Bundle,
+    /// Every entry's offset, sorted: an entry ends where the next one starts.
+    offsets: Vec<u64>,
+}
+
+impl SourcePack {
+    fn entry_bytes(&self, offset: u64) -> Option<&[u8]> {
+        let next = self.offsets.partition_point(|&o| o <= offset);
+        let end = self
+            .offsets
+            .get(next)
+            .copied()
+            .unwrap_or(self.bundle.pack.pack_end() as u64);
+        self.bundle.pack.entry_slice(offset..end)
+    }
+}
+
+/// The packs of the source's object directory and of its alternates.
+fn source_packs(objects_dir: &Path, object_hash: gix::hash::Kind) -> Result<Vec<SourcePack>> {
     let mut dirs = vec![objects_dir.to_owned()];
     let mut i = 0;
     while i < dirs.len() && dirs.len() < 64 {
@@ -420,7 +434,7 @@ fn source_pack_indexes(
         }
         i += 1;
     }
-    let mut indexes = Vec::new();
+    let mut packs = Vec::new();
     for dir in dirs {
         let Ok(entries) = std::fs::read_dir(dir.join("pack")) else {
             continue;
@@ -428,83 +442,57 @@ fn source_pack_indexes(
         for entry in entries.flatten() {
             let path = entry.path();
             if path.extension().is_some_and(|e| e == "idx") {
-                // A pack deleted by a concurrent gc after listing: the backup retries.
-                if let Ok(index) = gix_pack::index::File::at(&path, object_hash) {
-                    indexes.push(index);
+                // A pack that a concurrent gc deleted after the listing is skipped here;
+                // the copy then fails and the backup is retried.
+                if let Ok(bundle) = gix_pack::Bundle::at(&path, object_hash) {
+                    let mut offsets: Vec<u64> =
+                        bundle.index.iter().map(|e| e.pack_offset).collect();
+                    offsets.sort_unstable();
+                    packs.push(SourcePack { bundle, offsets });
                 }
             }
         }
     }
-    Ok(indexes)
+    Ok(packs)
 }
 
-/// Every packed object's entry bytes must match the CRC32 its pack index recorded, as git
-/// checks when it reuses pack data: this is what finds bit rot in the source before it is
-/// copied into a snapshot.
-fn check_packed_crcs(
-    handle: &Handle,
-    ids: &[ObjectId],
-    indexes: &[gix_pack::index::File],
-) -> Result<()> {
-    use gix_pack::Find;
+/// Checks the source objects going into the pack. A packed object's entry bytes must match
+/// the CRC32 its pack index records, in every pack that holds it, as git checks when it
+/// reuses pack data: this finds bit rot before it is copied into a snapshot. A loose object
+/// is read and deflated anew rather than copied, and gix does not check that its content
+/// hashes to its name, so that is checked.
+fn check_source_objects(handle: &Handle, ids: &[ObjectId], packs: &[SourcePack]) -> Result<()> {
     let mut buf = Vec::new();
     for id in ids {
-        let Some(location) = handle
-            .location_by_oid(id, &mut buf)
-            .map_err(|e| anyhow!("{e}"))?
-        else {
-            continue;
-        };
-        let Some(entry) = handle.entry_by_location(&location) else {
-            continue;
-        };
-        let actual = crc32fast::hash(&entry.data);
-        let mut recorded = indexes.iter().filter_map(|index| {
-            let at = index.lookup(id.as_ref())?;
-            (index.pack_offset_at_index(at) == location.pack_offset)
-                .then(|| index.crc32_at_index(at))
-                .flatten()
-        });
-        let mut any = false;
-        if recorded.any(|crc| {
-            any = true;
-            crc == actual
-        }) || !any
-        {
+        let mut packed = false;
+        for pack in packs {
+            let Some(at) = pack.bundle.index.lookup(id.as_ref()) else {
+                continue;
+            };
+            packed = true;
+            let offset = pack.bundle.index.pack_offset_at_index(at);
+            let recorded = pack.bundle.index.crc32_at_index(at);
+            let bytes = pack.entry_bytes(offset);
+            if bytes.is_none()
+                || recorded.is_some_and(|crc| Some(crc) != bytes.map(crc32fast::hash))
+            {
+                bail!(
+                    "object {id} is corrupt in the source: its data in pack {} does not match the CRC32 its index records",
+                    pack.bundle.pack.path().display()
+                );
+            }
+        }
+        if packed {
             continue;
         }
-        bail!(
-            "object {id} is corrupt in the source: its pack data does not match the CRC32 its pack index records"
-        );
-    }
-    Ok(())
-}
-
-/// Objects not in a pack are read and deflated anew rather than copied; gix does not check
-/// that a loose object's content hashes to its name, so that is checked here.
-fn check_loose_objects(handle: &Handle, ids: &[ObjectId]) -> Result<()> {
-    use gix_pack::Find;
-    let mut buf = Vec::new();
-    for id in ids {
-        if handle
-            .location_by_oid(id, &mut buf)
-            .map_err(|e| anyhow!("{e}"))?
-            .is_some()
-        {
-            continue;
-        }
-        let (data, _) = handle
-            .try_find(id, &mut buf)
+        let (data, _) = gix_pack::Find::try_find(handle, id, &mut buf)
             .map_err(|e| anyhow!("{e}"))
-            .with_context(|| format!("object {} is unreadable in the source", *id))?
-            .with_context(|| format!("object {} is missing in the source", *id))?;
+            .with_context(|| format!("object {id} is unreadable in the source"))?
+            .with_context(|| format!("object {id} is missing in the source"))?;
         let actual =
             gix::objs::compute_hash(id.kind(), data.kind, data.data).map_err(|e| anyhow!("{e}"))?;
         if actual != *id {
-            bail!(
-                "object {} is corrupt in the source: its content hashes to {actual}",
-                *id
-            );
+            bail!("object {id} is corrupt in the source: its content hashes to {actual}");
         }
     }
     Ok(())
