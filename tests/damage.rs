@@ -210,16 +210,8 @@ fn backup_killed_midway_is_completed_by_the_next_run() {
     env.init_store();
     let repo = new_repo(&env.path("big"));
     // Enough incompressible data for several chunks, so the kill lands mid-stream.
-    let mut seed = 0x9e3779b97f4a7c15u64;
     for i in 0..6 {
-        let data: Vec<u8> = (0..3_000_000)
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                seed as u8
-            })
-            .collect();
+        let data = noise_bytes(i, 3_000_000);
         std::fs::write(repo.join(format!("blob{i}")), data).unwrap();
     }
     git(&repo, &["add", "-A"]);

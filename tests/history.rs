@@ -109,7 +109,12 @@ fn incremental_snapshot_holds_only_new_objects() {
     env.init_store();
     let repo = new_repo(&env.path("src"));
     for i in 0..20 {
-        commit_file(&repo, &format!("f{i}"), &noise(i, 10_000), &format!("c{i}"));
+        commit_file(
+            &repo,
+            &format!("f{i}"),
+            &noise_text(i, 10_000),
+            &format!("c{i}"),
+        );
     }
     env.backup("src", &repo);
     commit_file(&repo, "new", "small change\n", "one more");
@@ -153,21 +158,6 @@ fn restore_at_a_time_picks_the_latest_snapshot_at_or_before_it() {
     assert_eq!(listed.len(), 1);
 }
 
-/// Incompressible text, different for every seed.
-fn noise(seed: u64, len: usize) -> String {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            char::from(b'a' + (x % 26) as u8)
-        })
-        .collect()
-}
-
 /// Now as RFC 3339, from the system clock (the tests do not depend on chrono).
 fn chrono_like_now() -> String {
     let out = std::process::Command::new("date")
@@ -188,7 +178,7 @@ fn backups_during_pushes_and_gc_are_consistent() {
         commit_file(
             &repo,
             &format!("f{}", i % 3),
-            &noise(i, 20_000),
+            &noise_text(i, 20_000),
             &format!("c{i}"),
         );
     }
@@ -202,7 +192,7 @@ fn backups_during_pushes_and_gc_are_consistent() {
                 commit_file(
                     &repo,
                     &format!("f{}", i % 5),
-                    &noise(i, 20_000),
+                    &noise_text(i, 20_000),
                     &format!("c{i}"),
                 );
                 if i % 3 == 0 {

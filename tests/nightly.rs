@@ -251,15 +251,7 @@ fn slow_forge() -> Forge {
     let forge = Forge::new();
     // Some incompressible megabytes so that a low rate limit makes the run take a while.
     let big = forge.path(forge.names.iter().find(|n| !n.ends_with(".git")).unwrap());
-    let mut x = 88172645463325252u64;
-    let data: Vec<u8> = (0..2_000_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let data = noise_bytes(7, 2_000_000);
     std::fs::write(big.join("big.bin"), data).unwrap();
     git(&big, &["add", "-A"]);
     git(&big, &["commit", "-q", "-m", "big"]);

@@ -8,12 +8,12 @@ use chrono::{DateTime, Utc};
 use clap::Args;
 use serde::Serialize;
 
-use super::{Context, Outcome, StoreArg};
+use super::{Context, FeedArgs, Outcome, StoreArg};
 use crate::{
     error::usage,
     scheduler,
     snapshot::Vcs,
-    source::{Candidate, scan},
+    source::Candidate,
     store::{RunRecord, Store},
     throttle::parse_duration,
     vcs::git,
@@ -23,12 +23,8 @@ use crate::{
 pub struct LagArgs {
     #[command(flatten)]
     pub store: StoreArg,
-    /// Find repositories by walking this directory.
-    #[arg(long, value_name = "ROOT", conflicts_with = "database_url")]
-    pub scan: Option<PathBuf>,
-    /// Learn when repositories changed from this PostgreSQL database.
-    #[arg(long, env = "DATABASE_URL", value_name = "URL")]
-    pub database_url: Option<String>,
+    #[command(flatten)]
+    pub feed: FeedArgs,
     /// Exit 4 when any repository's lag is above this (26h, 90m, 2d).
     #[arg(long, value_name = "DURATION")]
     pub max_lag: Option<String>,
@@ -62,26 +58,13 @@ pub struct LagReport {
 }
 
 pub fn run(ctx: &Context, args: &LagArgs) -> Result<Outcome> {
-    let root = match (&args.scan, &args.database_url) {
-        (Some(root), _) => root.clone(),
-        (None, Some(_)) => {
-            return Err(usage(
-                "--database-url: the PostgreSQL change feed is not available in this build yet; use --scan ROOT",
-            ));
-        }
-        (None, None) => {
-            return Err(usage(
-                "say where repositories are: --scan ROOT or --database-url URL",
-            ));
-        }
-    };
     let max_lag = args
         .max_lag
         .as_deref()
         .map(|d| parse_duration(d).map_err(|e| usage(format!("--max-lag: {e}"))))
         .transpose()?;
     let store = ctx.open_store(&args.store)?;
-    let found = scan::scan(&root).map_err(|e| usage(format!("{e:#}")))?;
+    let found = args.feed.discover()?;
     let report = measure(
         &store,
         &found.repositories,

@@ -3,7 +3,6 @@
 
 use std::{
     io::IsTerminal,
-    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -11,11 +10,11 @@ use anyhow::Result;
 use chrono::Utc;
 use clap::Args;
 
-use super::{Context, Outcome, StoreArg};
+use super::{Context, FeedArgs, Outcome, StoreArg};
 use crate::{
     error::usage,
     scheduler::{self, ExecOptions, Plan},
-    source::{Candidate, scan},
+    source::Candidate,
     store::{RunRecord, lock::LockAttempt},
     throttle::{RateLimiter, parse_rate},
 };
@@ -24,12 +23,8 @@ use crate::{
 pub struct RunArgs {
     #[command(flatten)]
     pub store: StoreArg,
-    /// Find repositories by walking this directory.
-    #[arg(long, value_name = "ROOT", conflicts_with = "database_url")]
-    pub scan: Option<PathBuf>,
-    /// Learn which repositories changed from this PostgreSQL database.
-    #[arg(long, env = "DATABASE_URL", value_name = "URL")]
-    pub database_url: Option<String>,
+    #[command(flatten)]
+    pub feed: FeedArgs,
     /// Repositories backed up at once (default: the number of cores).
     #[arg(long, value_name = "N")]
     pub jobs: Option<usize>,
@@ -47,19 +42,6 @@ const RETRY_DELAYS: [Duration; 2] = [Duration::from_secs(2), Duration::from_secs
 pub fn run(ctx: &Context, args: &RunArgs) -> Result<Outcome> {
     let started = Instant::now();
     let started_at = Utc::now();
-    let root = match (&args.scan, &args.database_url) {
-        (Some(root), _) => root.clone(),
-        (None, Some(_)) => {
-            return Err(usage(
-                "--database-url: the PostgreSQL change feed is not available in this build yet; use --scan ROOT",
-            ));
-        }
-        (None, None) => {
-            return Err(usage(
-                "say where repositories are: --scan ROOT or --database-url URL",
-            ));
-        }
-    };
     let jobs = args
         .jobs
         .or(ctx.config.jobs)
@@ -75,7 +57,7 @@ pub fn run(ctx: &Context, args: &RunArgs) -> Result<Outcome> {
         .transpose()?
         .map(RateLimiter::new);
     let store = ctx.open_store(&args.store)?;
-    let found = scan::scan(&root).map_err(|e| usage(format!("{e:#}")))?;
+    let found = args.feed.discover()?;
 
     let _lock = if args.dry_run {
         None

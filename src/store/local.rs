@@ -48,8 +48,24 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     }
 }
 
-fn random_suffix() -> String {
-    format!("{:016x}", rand::random::<u64>())
+/// Writes `data` durably to a new temporary file in `dir` and returns its path.
+fn write_temp(dir: &Path, data: &[u8]) -> io::Result<PathBuf> {
+    let temp = dir.join(format!("{TEMP_PREFIX}{:016x}", rand::random::<u64>()));
+    let written = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)?;
+        file.write_all(data)?;
+        file.sync_all()
+    })();
+    match written {
+        Ok(()) => Ok(temp),
+        Err(e) => {
+            let _ = fs::remove_file(&temp);
+            Err(e)
+        }
+    }
 }
 
 impl Backend for LocalBackend {
@@ -67,15 +83,8 @@ impl Backend for LocalBackend {
             return Ok(false);
         }
         let dir = target.parent().expect("store paths have a parent");
-        let temp = dir.join(format!("{TEMP_PREFIX}{}", random_suffix()));
+        let temp = write_temp(dir, data)?;
         let result = (|| {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&temp)?;
-            file.write_all(data)?;
-            file.sync_all()?;
-            drop(file);
             if let Err(e) = fs::rename(&temp, &target) {
                 // On NFS the rename may have happened even though it reported failure.
                 match fs::metadata(&target) {
@@ -127,14 +136,7 @@ impl Backend for LocalBackend {
     fn create_exclusive(&self, path: &str, data: &[u8]) -> io::Result<bool> {
         let target = self.full(path);
         let dir = target.parent().expect("store paths have a parent");
-        let unique = dir.join(format!("{TEMP_PREFIX}{}", random_suffix()));
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&unique)?;
-        file.write_all(data)?;
-        file.sync_all()?;
-        drop(file);
+        let unique = write_temp(dir, data)?;
         // link(2) is atomic on NFS where O_EXCL may not be; a link that reports failure may
         // still have happened, which the link count tells.
         let linked = match fs::hard_link(&unique, &target) {

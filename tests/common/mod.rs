@@ -197,3 +197,26 @@ pub fn store_objects(store: &Path) -> Vec<PathBuf> {
 pub fn snapshot_count(store: &Path) -> usize {
     files_under(&store.join("snapshots")).len()
 }
+
+/// Incompressible bytes, different for every seed (xorshift).
+pub fn noise_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Incompressible text, different for every seed.
+pub fn noise_text(seed: u64, len: usize) -> String {
+    noise_bytes(seed, len)
+        .into_iter()
+        .map(|b| char::from(b'a' + b % 26))
+        .collect()
+}
