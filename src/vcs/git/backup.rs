@@ -11,7 +11,6 @@
 use std::{
     collections::{BTreeSet, HashSet},
     io::{self, Write},
-    path::Path,
     sync::{
         Arc,
         atomic::AtomicBool,
@@ -19,11 +18,12 @@ use std::{
     },
 };
 
-use anyhow::{Context, Result, anyhow, bail};
-use gix::{ObjectId, parallel::Finalize};
+use anyhow::{Context, Result, anyhow};
+use gix::ObjectId;
 use gix_pack::data::output::{self, count::objects::ObjectExpansion};
 
 use super::{
+    pack_copy::{source_packs, write_objects},
     pack_index::{IndexEntry, encode_v2},
     pack_writer::PackWriter,
     source::RefState,
@@ -315,62 +315,29 @@ pub fn write_pack(
             }
             writer.finish()
         });
-        // Checked on the other core while the pack is written: copied data must be what the
-        // source's index says it is, loose objects must hash to their names.
-        let (check_handle, counted, source_packs) = (handle.clone(), &counted, &source_packs);
-        let source_check =
-            scope.spawn(move || check_source_objects(&check_handle, counted, source_packs));
-
         let sink = BlockSender {
             block: Vec::with_capacity(BLOCK),
             limiter,
             output: store_tx,
             written: 0,
         };
-        let generated = (|| -> Result<(ObjectId, Vec<IndexEntry>, BlockSender<'_>, output::entry::iter_from_counts::Outcome)> {
-            let mut entries = gix::parallel::InOrderIter::from(
-                output::entry::iter_from_counts(
-                    counts,
-                    handle.clone(),
-                    Box::new(gix::progress::Discard),
-                    output::entry::iter_from_counts::Options {
-                        thread_limit: None,
-                        mode: output::entry::iter_from_counts::Mode::PackCopyAndBaseObjects,
-                        allow_thin_pack: false,
-                        chunk_size: 50,
-                        version: Default::default(),
-                        compression: gix::zlib::Compression::DEFAULT,
-                    },
-                )
-                .map_err(|e| anyhow!("{e}"))?,
-            );
+        let generated = (|| -> Result<(ObjectId, Vec<IndexEntry>, BlockSender<'_>)> {
             let mut writer = PackWriter::new(sink, num_objects, object_hash)?;
-            for chunk in entries.by_ref() {
-                writer.write_entries(chunk.map_err(|e| anyhow!("{e}"))?)?;
-            }
-            let outcome = entries.inner.finalize().map_err(|e| anyhow!("{e}"))?;
-            if outcome.missing_objects > 0 {
-                bail!("{} object(s) reachable from the refs are missing in the source", outcome.missing_objects);
-            }
-            let (checksum, index, sink) = writer.finish()?;
-            Ok((checksum, index, sink, outcome))
+            write_objects(&handle, &source_packs, &counted, &mut writer)?;
+            writer.finish()
         })();
         let bytes_read = match &generated {
-            Ok((_, _, sink, _)) => sink.written,
+            Ok((_, _, sink)) => sink.written,
             Err(_) => 0,
         };
         // Dropping the sender (with the writer, on error) lets the store thread finish.
-        let generated = generated.map(|(checksum, index, sink, _)| {
+        let generated = generated.map(|(checksum, index, sink)| {
             drop(sink);
             (checksum, index)
         });
         let stored = store_thread
             .join()
             .map_err(|_| anyhow!("store writer thread panicked"))?;
-        let source_ok = source_check
-            .join()
-            .map_err(|_| anyhow!("source check thread panicked"))?;
-        source_ok?;
         let (checksum, index_entries) = generated.context("generating the pack from the source")?;
         let (pack_chunks, pack_stored) = stored.context("storing pack data")?;
         tracing::debug!(
@@ -394,106 +361,4 @@ pub fn write_pack(
             bytes_stored: pack_stored + index_stored,
         })
     })
-}
-
-/// A pack of the source, opened to check the entries we copy from it.
-struct SourcePack {
-    bundle: gix_pack::Bundle,
-    /// Every entry's offset, sorted: an entry ends where the next one starts.
-    offsets: Vec<u64>,
-}
-
-impl SourcePack {
-    fn entry_bytes(&self, offset: u64) -> Option<&[u8]> {
-        let next = self.offsets.partition_point(|&o| o <= offset);
-        let end = self
-            .offsets
-            .get(next)
-            .copied()
-            .unwrap_or(self.bundle.pack.pack_end() as u64);
-        self.bundle.pack.entry_slice(offset..end)
-    }
-}
-
-/// The packs of the source's object directory and of its alternates.
-fn source_packs(objects_dir: &Path, object_hash: gix::hash::Kind) -> Result<Vec<SourcePack>> {
-    let mut dirs = vec![objects_dir.to_owned()];
-    let mut i = 0;
-    while i < dirs.len() && dirs.len() < 64 {
-        if let Ok(text) = std::fs::read_to_string(dirs[i].join("info/alternates")) {
-            for line in text
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            {
-                let dir = dirs[i].join(line);
-                if !dirs.contains(&dir) {
-                    dirs.push(dir);
-                }
-            }
-        }
-        i += 1;
-    }
-    let mut packs = Vec::new();
-    for dir in dirs {
-        let Ok(entries) = std::fs::read_dir(dir.join("pack")) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.extension().is_some_and(|e| e == "idx") {
-                // A pack that a concurrent gc deleted after the listing is skipped here;
-                // the copy then fails and the backup is retried.
-                if let Ok(bundle) = gix_pack::Bundle::at(&path, object_hash) {
-                    let mut offsets: Vec<u64> =
-                        bundle.index.iter().map(|e| e.pack_offset).collect();
-                    offsets.sort_unstable();
-                    packs.push(SourcePack { bundle, offsets });
-                }
-            }
-        }
-    }
-    Ok(packs)
-}
-
-/// Checks the source objects going into the pack. A packed object's entry bytes must match
-/// the CRC32 its pack index records, in every pack that holds it, as git checks when it
-/// reuses pack data: this finds bit rot before it is copied into a snapshot. A loose object
-/// is read and deflated anew rather than copied, and gix does not check that its content
-/// hashes to its name, so that is checked.
-fn check_source_objects(handle: &Handle, ids: &[ObjectId], packs: &[SourcePack]) -> Result<()> {
-    let mut buf = Vec::new();
-    for id in ids {
-        let mut packed = false;
-        for pack in packs {
-            let Some(at) = pack.bundle.index.lookup(id.as_ref()) else {
-                continue;
-            };
-            packed = true;
-            let offset = pack.bundle.index.pack_offset_at_index(at);
-            let recorded = pack.bundle.index.crc32_at_index(at);
-            let bytes = pack.entry_bytes(offset);
-            if bytes.is_none()
-                || recorded.is_some_and(|crc| Some(crc) != bytes.map(crc32fast::hash))
-            {
-                bail!(
-                    "object {id} is corrupt in the source: its data in pack {} does not match the CRC32 its index records",
-                    pack.bundle.pack.path().display()
-                );
-            }
-        }
-        if packed {
-            continue;
-        }
-        let (data, _) = gix_pack::Find::try_find(handle, id, &mut buf)
-            .map_err(|e| anyhow!("{e}"))
-            .with_context(|| format!("object {id} is unreadable in the source"))?
-            .with_context(|| format!("object {id} is missing in the source"))?;
-        let actual =
-            gix::objs::compute_hash(id.kind(), data.kind, data.data).map_err(|e| anyhow!("{e}"))?;
-        if actual != *id {
-            bail!("object {id} is corrupt in the source: its content hashes to {actual}");
-        }
-    }
-    Ok(())
 }

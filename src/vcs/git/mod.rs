@@ -8,6 +8,7 @@
 
 pub mod backup;
 pub mod connectivity;
+pub mod pack_copy;
 pub mod pack_index;
 pub mod pack_writer;
 pub mod restore;

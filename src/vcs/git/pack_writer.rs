@@ -1,6 +1,6 @@
 //! Writing pack data (version 2) from gix-pack's output entries, recording for each entry
 //! the id, offset and CRC32 that its index needs. This is what gix-pack's `FromEntriesIter`
-//! does, plus the bookkeeping it keeps to itself.
+//! does, plus the bookkeeping it keeps to itself, one entry at a time.
 
 use std::io::Write;
 
@@ -46,44 +46,47 @@ impl<W: Write> PackWriter<W> {
         Ok(())
     }
 
-    pub fn write_entries(&mut self, entries: Vec<output::Entry>) -> Result<()> {
-        let mut header = Vec::with_capacity(32);
-        for entry in entries {
-            if entry.is_invalid() {
-                self.offsets.push(None);
-                continue;
-            }
-            let offset = self.written;
-            let mut missing_base = false;
-            let encoded = entry.to_entry_header(gix_pack::data::Version::V2, |base| {
-                match self.offsets.get(base).copied().flatten() {
-                    Some(base_offset) => offset - base_offset,
-                    None => {
-                        missing_base = true;
-                        0
-                    }
-                }
-            });
-            if missing_base {
-                bail!(
-                    "object {} is a delta against an object that is missing",
-                    entry.id
-                );
-            }
-            header.clear();
-            encoded.write_to(entry.decompressed_size as u64, &mut header)?;
-            let mut crc = crc32fast::Hasher::new();
-            crc.update(&header);
-            crc.update(&entry.compressed_data);
-            self.emit(&header)?;
-            self.emit(&entry.compressed_data)?;
-            self.offsets.push(Some(offset));
-            self.index.push(IndexEntry {
-                id: entry.id,
-                offset,
-                crc32: crc.finalize(),
-            });
+    /// The position the next entry will have; deltas name their base by position.
+    pub fn position(&self) -> usize {
+        self.offsets.len()
+    }
+
+    /// Writes one entry. An invalid (missing) entry takes a position but writes nothing.
+    pub fn write_entry(&mut self, entry: output::Entry) -> Result<()> {
+        if entry.is_invalid() {
+            self.offsets.push(None);
+            return Ok(());
         }
+        let offset = self.written;
+        let mut missing_base = false;
+        let encoded = entry.to_entry_header(gix_pack::data::Version::V2, |base| {
+            match self.offsets.get(base).copied().flatten() {
+                Some(base_offset) => offset - base_offset,
+                None => {
+                    missing_base = true;
+                    0
+                }
+            }
+        });
+        if missing_base {
+            bail!(
+                "object {} is a delta against an object that is missing",
+                entry.id
+            );
+        }
+        let mut header = Vec::with_capacity(32);
+        encoded.write_to(entry.decompressed_size as u64, &mut header)?;
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&header);
+        crc.update(&entry.compressed_data);
+        self.emit(&header)?;
+        self.emit(&entry.compressed_data)?;
+        self.offsets.push(Some(offset));
+        self.index.push(IndexEntry {
+            id: entry.id,
+            offset,
+            crc32: crc.finalize(),
+        });
         Ok(())
     }
 
