@@ -1,12 +1,11 @@
 //! Backing up a git repository: the objects new since the previous snapshot, as one pack.
 //!
-//! The pack is produced by gix-pack's plumbing (count, then entries) and our `PackWriter`,
-//! and streamed into the store, chunked. The writer records each entry's id, offset and
-//! CRC32, which is the pack index: no delta is resolved and no object hashed again. While
-//! it writes, the other core checks the source: every copied entry against the CRC32 in the
-//! source's pack index, every loose object against its name. Before the snapshot is
-//! committed, the pack must hold exactly the objects counted. The index is stored too,
-//! which makes a restore a plain copy. (`verify --deep` re-hashes every object.)
+//! gix-pack counts the objects; `pack_copy` copies their entries from the source's packs
+//! (checking each against the source index's CRC32) into our `PackWriter`, which streams
+//! the pack into the store, chunked, and records each entry's id, offset and CRC32: the
+//! pack index, built without resolving a delta or hashing an object again. Before the
+//! snapshot is committed, the pack must hold exactly the objects counted. The index is
+//! stored too, which makes a restore a plain copy. (`verify --deep` re-hashes every object.)
 
 use std::{
     collections::{BTreeSet, HashSet},
