@@ -53,6 +53,8 @@ impl std::fmt::Display for LockInfo {
 /// A held run lock; released on drop.
 pub struct RunLock<'a> {
     store: &'a Store,
+    /// What we wrote into the lock file.
+    content: Vec<u8>,
     stop: Arc<AtomicBool>,
     heartbeat: Option<JoinHandle<()>>,
 }
@@ -86,7 +88,7 @@ impl Store {
                 .create_exclusive(RUN_LOCK, &mine)
                 .with_context(|| format!("store {}: creating {RUN_LOCK}", self.location()))?
             {
-                return Ok(LockAttempt::Acquired(self.start_heartbeat()));
+                return Ok(LockAttempt::Acquired(self.start_heartbeat(mine)));
             }
             let held = match self.backend.read(RUN_LOCK) {
                 Ok(raw) => raw,
@@ -133,7 +135,7 @@ impl Store {
         Ok(SystemTime::now().duration_since(beat).unwrap_or_default() > STALE_AFTER)
     }
 
-    fn start_heartbeat(&self) -> RunLock<'_> {
+    fn start_heartbeat(&self, content: Vec<u8>) -> RunLock<'_> {
         let stop = Arc::new(AtomicBool::new(false));
         let location = self.location();
         let backend = self.backend.clone();
@@ -155,6 +157,7 @@ impl Store {
             store: self,
             stop,
             heartbeat: Some(heartbeat),
+            content,
         }
     }
 }
@@ -165,8 +168,16 @@ impl Drop for RunLock<'_> {
         if let Some(handle) = self.heartbeat.take() {
             let _ = handle.join();
         }
-        if let Err(e) = self.store.backend.remove(RUN_LOCK) {
-            tracing::warn!(error = %e, "cannot remove the run lock");
+        // Only our own lock is removed: had another run judged us stale and taken over, the
+        // lock would now be theirs.
+        match self.store.backend.read(RUN_LOCK) {
+            Ok(held) if held == self.content => {
+                if let Err(e) = self.store.backend.remove(RUN_LOCK) {
+                    tracing::warn!(error = %e, "cannot remove the run lock");
+                }
+            }
+            Ok(_) => tracing::warn!("the run lock was taken over by another run; leaving it"),
+            Err(e) => tracing::warn!(error = %e, "cannot read the run lock to release it"),
         }
     }
 }
