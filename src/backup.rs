@@ -27,18 +27,10 @@ const ATTEMPTS: usize = 3;
 
 /// Backs up the git repository at `path` as `name`, incrementally against its latest
 /// snapshot. The snapshot is written only after everything it needs is stored.
-pub fn backup_git(
-    store: &Store,
-    name: &str,
-    path: &Path,
-    limiter: Option<&RateLimiter>,
-) -> Result<BackupReport> {
+pub fn backup_git(store: &Store, name: &str, path: &Path, limiter: Option<&RateLimiter>) -> Result<BackupReport> {
     crate::name::validate(name)?;
     let parent = store.latest_snapshot(name)?;
-    let previous = parent
-        .as_ref()
-        .map(|p| previous_of(&p.snapshot))
-        .transpose()?;
+    let previous = parent.as_ref().map(|p| previous_of(&p.snapshot)).transpose()?;
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -68,11 +60,7 @@ pub fn backup_git(
             parent: parent.as_ref().map(|p| p.id.clone()),
             head: refs.head.clone(),
             head_detached: refs.head_detached.map(|id| id.to_string()),
-            refs: refs
-                .refs
-                .iter()
-                .map(|(k, v)| (k.clone(), v.to_string()))
-                .collect(),
+            refs: refs.refs.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
             symbolic_refs: refs.symbolic_refs.clone(),
             object_format,
             packs: outcome.pack.iter().cloned().collect(),
@@ -93,8 +81,8 @@ pub fn backup_git(
 /// gix's errors for damaged pack data do not say which object was damaged. Once a backup
 /// has failed, reading every reachable object finds it, so the error can name it.
 fn with_culprit(err: anyhow::Error, path: &Path, refs: &git::source::RefState) -> anyhow::Error {
-    let culprit = git::source::open(path)
-        .and_then(|repo| git::connectivity::check(&repo, refs, git::connectivity::Blobs::Read));
+    let culprit =
+        git::source::open(path).and_then(|repo| git::connectivity::check(&repo, refs, git::connectivity::Blobs::Read));
     match culprit {
         Err(found) => err.context(format!("{found:#}")),
         Ok(_) => err,
@@ -114,12 +102,7 @@ fn previous_of(snapshot: &Snapshot) -> Result<Previous> {
 
 fn pack_files(git_dir: &Path) -> BTreeSet<String> {
     std::fs::read_dir(git_dir.join("objects/pack"))
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
+        .map(|entries| entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
         .unwrap_or_default()
 }
 

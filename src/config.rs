@@ -40,12 +40,8 @@ impl Config {
         let Some(path) = path else {
             return Ok(Config::default());
         };
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            usage(format!(
-                "config file {}: cannot read it: {e}",
-                path.display()
-            ))
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| usage(format!("config file {}: cannot read it: {e}", path.display())))?;
         toml::from_str(&text)
             .map_err(|e| usage(format!("config file {}: {e}", path.display())))
             .context("loading configuration")
@@ -53,10 +49,8 @@ impl Config {
 
     /// The store from the flag/env value, else from the file, else a usage error.
     pub fn store(&self, from_flag_or_env: Option<&str>) -> Result<String> {
-        from_flag_or_env
-            .map(str::to_owned)
-            .or_else(|| self.store.clone())
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| usage("no store given: pass --store, set REPOVAULT_STORE, or set `store` in the config file"))
+        from_flag_or_env.map(str::to_owned).or_else(|| self.store.clone()).filter(|s| !s.is_empty()).ok_or_else(|| {
+            usage("no store given: pass --store, set REPOVAULT_STORE, or set `store` in the config file")
+        })
     }
 }

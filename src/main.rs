@@ -11,11 +11,7 @@ use repovault::{
 };
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "repovault",
-    version,
-    about = "Incremental backup of a forge's git repositories"
-)]
+#[command(name = "repovault", version, about = "Incremental backup of a forge's git repositories")]
 struct Cli {
     /// TOML config file.
     #[arg(long, global = true, env = "REPOVAULT_CONFIG", value_name = "FILE")]
@@ -82,12 +78,7 @@ fn main() -> ExitCode {
         }
     };
     init_logging(format, cli.verbose, cli.quiet);
-    let ctx = Context {
-        config,
-        scratch_dir: None,
-        log_json: matches!(format, LogFormat::Json),
-        quiet: cli.quiet,
-    };
+    let ctx = Context { config, scratch_dir: None, log_json: matches!(format, LogFormat::Json), quiet: cli.quiet };
     let result = match &cli.command {
         Command::Init(args) => commands::init::run(&ctx, args),
         Command::Backup(args) => commands::backup::run(&ctx, args),
@@ -123,9 +114,7 @@ fn init_logging(format: LogFormat, verbose: u8, quiet: bool) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("REPOVAULT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("repovault={level}")));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

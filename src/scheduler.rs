@@ -23,9 +23,7 @@ use crate::{
 #[derive(Debug, Clone)]
 pub enum Plan {
     /// Never backed up, or its refs changed: back it up.
-    Backup {
-        waiting_since: Option<DateTime<Utc>>,
-    },
+    Backup { waiting_since: Option<DateTime<Utc>> },
     /// Its refs are as the latest snapshot recorded them.
     Unchanged,
     /// Found, but its kind cannot be backed up by this version.
@@ -43,23 +41,15 @@ pub fn plan(store: &Store, candidates: Vec<Candidate>) -> Result<Vec<Planned>> {
     let mut planned = Vec::with_capacity(candidates.len());
     for candidate in candidates {
         let plan = match candidate.vcs {
-            Vcs::Hg => {
-                Plan::Unsupported("Mercurial repositories are found but not yet backed up".into())
-            }
+            Vcs::Hg => Plan::Unsupported("Mercurial repositories are found but not yet backed up".into()),
             Vcs::Git => match store.latest_snapshot(&candidate.name)? {
-                None => Plan::Backup {
-                    waiting_since: None,
-                },
+                None => Plan::Backup { waiting_since: None },
                 Some(latest) => {
                     let now = git::source::refs_stat(&git::source::git_dir_of(&candidate.path));
-                    if latest.snapshot.source_fingerprint.as_deref()
-                        == Some(now.fingerprint.as_str())
-                    {
+                    if latest.snapshot.source_fingerprint.as_deref() == Some(now.fingerprint.as_str()) {
                         Plan::Unchanged
                     } else {
-                        Plan::Backup {
-                            waiting_since: Some(latest.snapshot.created_at),
-                        }
+                        Plan::Backup { waiting_since: Some(latest.snapshot.created_at) }
                     }
                 }
             },
@@ -145,11 +135,7 @@ pub fn execute(
     results
 }
 
-fn back_up_with_retries(
-    store: &Store,
-    candidate: &Candidate,
-    options: &ExecOptions<'_>,
-) -> JobResult {
+fn back_up_with_retries(store: &Store, candidate: &Candidate, options: &ExecOptions<'_>) -> JobResult {
     let start = Instant::now();
     let mut attempts = 0;
     let outcome = loop {
@@ -164,12 +150,7 @@ fn back_up_with_retries(
             Err(e) => break Outcome::Failed(format!("{e:#}")),
         }
     };
-    JobResult {
-        name: candidate.name.clone(),
-        outcome,
-        attempts,
-        duration: start.elapsed(),
-    }
+    JobResult { name: candidate.name.clone(), outcome, attempts, duration: start.elapsed() }
 }
 
 /// I/O errors worth another try: the kinds NFS and busy disks produce and that go away.
@@ -190,15 +171,11 @@ mod tests {
     #[test]
     fn transient_errors_are_told_from_permanent_ones() {
         let stale = std::io::Error::from_raw_os_error(116); // ESTALE
-        assert!(is_transient(
-            &anyhow::Error::new(stale).context("reading pack")
-        ));
+        assert!(is_transient(&anyhow::Error::new(stale).context("reading pack")));
         let eio: anyhow::Result<()> = Err(std::io::Error::from_raw_os_error(5).into());
         assert!(is_transient(&eio.context("repository x").unwrap_err()));
         let missing = std::io::Error::new(std::io::ErrorKind::NotFound, "gone");
         assert!(!is_transient(&anyhow::Error::new(missing)));
-        assert!(!is_transient(&anyhow::anyhow!(
-            "object 1234 is corrupt in the source"
-        )));
+        assert!(!is_transient(&anyhow::anyhow!("object 1234 is corrupt in the source")));
     }
 }

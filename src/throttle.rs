@@ -18,10 +18,7 @@ pub struct RateLimiter {
 impl RateLimiter {
     pub fn new(bytes_per_second: u64) -> RateLimiter {
         let rate = bytes_per_second as f64;
-        RateLimiter {
-            bytes_per_second: rate,
-            state: Mutex::new((rate, Instant::now())),
-        }
+        RateLimiter { bytes_per_second: rate, state: Mutex::new((rate, Instant::now())) }
     }
 
     /// Waits until `bytes` may be read.
@@ -30,16 +27,12 @@ impl RateLimiter {
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             let (tokens, last) = &mut *state;
             let now = Instant::now();
-            *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.bytes_per_second)
-                .min(self.bytes_per_second);
+            *tokens =
+                (*tokens + now.duration_since(*last).as_secs_f64() * self.bytes_per_second).min(self.bytes_per_second);
             *last = now;
             *tokens -= bytes as f64;
             // A debt is paid by sleeping; later callers see it and wait their turn too.
-            if *tokens < 0.0 {
-                Duration::from_secs_f64(-*tokens / self.bytes_per_second)
-            } else {
-                Duration::ZERO
-            }
+            if *tokens < 0.0 { Duration::from_secs_f64(-*tokens / self.bytes_per_second) } else { Duration::ZERO }
         };
         if !wait.is_zero() {
             std::thread::sleep(wait);
@@ -51,13 +44,11 @@ impl RateLimiter {
 /// SI units are powers of 1000, IEC units (`KiB`, `MiB`, `GiB`) powers of 1024.
 pub fn parse_rate(text: &str) -> Result<u64> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: f64 = number.parse().map_err(|_| {
-        anyhow::anyhow!("rate {text:?}: expected a number with an optional unit such as 50MiB")
-    })?;
+    let number: f64 = number
+        .parse()
+        .map_err(|_| anyhow::anyhow!("rate {text:?}: expected a number with an optional unit such as 50MiB"))?;
     let unit = unit.trim().trim_end_matches("/s");
     let factor: f64 = match unit {
         "" | "B" => 1.0,
@@ -79,13 +70,9 @@ pub fn parse_rate(text: &str) -> Result<u64> {
 /// Parses DURATION: a number with a unit, `s`, `m`, `h` or `d` (`26h`, `90m`, `2d`).
 pub fn parse_duration(text: &str) -> Result<Duration> {
     let text = text.trim();
-    let (number, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len()),
-    );
-    let number: u64 = number.parse().map_err(|_| {
-        anyhow::anyhow!("duration {text:?}: expected something like 26h, 90m or 2d")
-    })?;
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let number: u64 =
+        number.parse().map_err(|_| anyhow::anyhow!("duration {text:?}: expected something like 26h, 90m or 2d"))?;
     let seconds = match unit {
         "s" => 1,
         "m" => 60,
@@ -107,15 +94,9 @@ mod tests {
         assert_eq!(parse_rate("4096").unwrap(), 4096);
         assert!(parse_rate("fast").is_err());
         assert!(parse_rate("10XB").is_err());
-        assert_eq!(
-            parse_duration("26h").unwrap(),
-            Duration::from_secs(26 * 3600)
-        );
+        assert_eq!(parse_duration("26h").unwrap(), Duration::from_secs(26 * 3600));
         assert_eq!(parse_duration("90m").unwrap(), Duration::from_secs(90 * 60));
-        assert_eq!(
-            parse_duration("2d").unwrap(),
-            Duration::from_secs(2 * 86400)
-        );
+        assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(2 * 86400));
         assert!(parse_duration("2 weeks").is_err());
     }
 

@@ -18,11 +18,7 @@ fn hostile_names_are_refused_without_touching_the_filesystem() {
         let out = env.rv(&["restore", name, &env.path("dest").to_string_lossy()]);
         assert_eq!(code(&out), 2, "restore name {name:?}: {}", stderr(&out));
     }
-    assert_eq!(
-        files_under(env.dir.path()),
-        before,
-        "nothing was written anywhere"
-    );
+    assert_eq!(files_under(env.dir.path()), before, "nothing was written anywhere");
     assert!(!env.dir.path().parent().unwrap().join("x").exists());
 }
 
@@ -38,10 +34,7 @@ fn restore_refuses_a_non_empty_destination_unless_forced() {
     std::fs::write(dest.join("precious"), "keep me").unwrap();
     let out = env.rv(&["restore", "src", &dest.to_string_lossy()]);
     assert_eq!(code(&out), 2, "{}", stderr(&out));
-    assert_eq!(
-        std::fs::read_to_string(dest.join("precious")).unwrap(),
-        "keep me"
-    );
+    assert_eq!(std::fs::read_to_string(dest.join("precious")).unwrap(), "keep me");
 
     env.rv_ok(&["restore", "src", &dest.to_string_lossy(), "--force"]);
     assert!(!dest.join("precious").exists());
@@ -76,11 +69,7 @@ fn missing_store_is_a_usage_error() {
     commit_file(&repo, "f", "x", "c");
     let out = env.rv(&["backup", &repo.to_string_lossy()]);
     assert_eq!(code(&out), 2, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("not a repovault store"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("not a repovault store"), "{}", stderr(&out));
     for args in [&["snapshots"][..], &["verify"], &["restore", "src", "out"]] {
         assert_eq!(code(&env.rv(args)), 2, "{args:?}");
     }
@@ -96,46 +85,25 @@ fn store_comes_from_flag_then_env_then_config_file() {
     let from_file = env.path("from-file");
     let from_flag = env.path("from-flag");
     let config = env.path("repovault.toml");
-    std::fs::write(
-        &config,
-        format!("store = {:?}\n", from_file.to_string_lossy()),
-    )
-    .unwrap();
+    std::fs::write(&config, format!("store = {:?}\n", from_file.to_string_lossy())).unwrap();
     let run = |args: &[&str], with_env: bool| {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_repovault"));
-        cmd.arg("--config")
-            .arg(&config)
-            .args(args)
-            .env_remove("REPOVAULT_STORE");
+        cmd.arg("--config").arg(&config).args(args).env_remove("REPOVAULT_STORE");
         if with_env {
             cmd.env("REPOVAULT_STORE", env.store());
         }
         cmd.output().unwrap()
     };
     assert_eq!(code(&run(&["init"], false)), 0);
-    assert!(
-        from_file.join("config").exists(),
-        "config file's store used"
-    );
+    assert!(from_file.join("config").exists(), "config file's store used");
     assert_eq!(code(&run(&["init"], true)), 0);
     assert!(env.path("store/config").exists(), "env wins over the file");
-    assert_eq!(
-        code(&run(
-            &["init", "--store", &from_flag.to_string_lossy()],
-            true
-        )),
-        0
-    );
+    assert_eq!(code(&run(&["init", "--store", &from_flag.to_string_lossy()], true)), 0);
     assert!(from_flag.join("config").exists(), "flag wins over env");
 
     std::fs::write(&config, "no_such_key = 1\n").unwrap();
     let out = run(&["snapshots"], true);
-    assert_eq!(
-        code(&out),
-        2,
-        "unknown config keys are refused: {}",
-        stderr(&out)
-    );
+    assert_eq!(code(&out), 2, "unknown config keys are refused: {}", stderr(&out));
 }
 
 #[test]
@@ -147,21 +115,11 @@ fn snapshots_json_has_the_contract_fields() {
     let first = env.backup("team/work", &repo);
     commit_file(&repo, "f", "y", "d");
     let second = env.backup("team/work", &repo);
-    let list: serde_json::Value =
-        serde_json::from_str(&env.rv_ok(&["snapshots", "--json"])).unwrap();
+    let list: serde_json::Value = serde_json::from_str(&env.rv_ok(&["snapshots", "--json"])).unwrap();
     let list = list.as_array().unwrap();
     assert_eq!(list.len(), 2);
     let s = &list[0];
-    for field in [
-        "id",
-        "repo",
-        "vcs",
-        "created_at",
-        "source_changed_at",
-        "parent",
-        "head",
-        "refs",
-    ] {
+    for field in ["id", "repo", "vcs", "created_at", "source_changed_at", "parent", "head", "refs"] {
         assert!(s.get(field).is_some(), "{field} missing in {s}");
     }
     assert_eq!(s["id"], first.as_str());
@@ -182,8 +140,7 @@ fn backup_name_defaults_to_the_last_path_component() {
     let repo = new_repo(&env.path("nested/app"));
     commit_file(&repo, "f", "x", "c");
     env.rv_ok(&["backup", &format!("{}/", repo.to_string_lossy())]);
-    let list: serde_json::Value =
-        serde_json::from_str(&env.rv_ok(&["snapshots", "--json"])).unwrap();
+    let list: serde_json::Value = serde_json::from_str(&env.rv_ok(&["snapshots", "--json"])).unwrap();
     assert_eq!(list[0]["repo"], "app");
 }
 

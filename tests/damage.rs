@@ -20,10 +20,7 @@ fn zlib_compress(data: &[u8]) -> Vec<u8> {
     // `git hash-object` cannot write a wrong object, so build one by hand: zlib of a
     // header and content that do not match the name it is stored under.
     let mut child = Command::new("python3")
-        .args([
-            "-c",
-            "import sys,zlib; sys.stdout.buffer.write(zlib.compress(sys.stdin.buffer.read()))",
-        ])
+        .args(["-c", "import sys,zlib; sys.stdout.buffer.write(zlib.compress(sys.stdin.buffer.read()))"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -47,11 +44,7 @@ fn missing_source_object_fails_naming_it_and_records_nothing() {
 
     let out = env.rv(&["backup", &repo.to_string_lossy()]);
     assert_eq!(code(&out), 1, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains(&blob),
-        "error names the missing object: {}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains(&blob), "error names the missing object: {}", stderr(&out));
     assert_eq!(snapshot_count(&env.path("store")), 0);
 }
 
@@ -71,11 +64,7 @@ fn corrupt_loose_object_fails_naming_it() {
 
     let out = env.rv(&["backup", &repo.to_string_lossy()]);
     assert_eq!(code(&out), 1, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains(&blob),
-        "error names the corrupt object: {}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains(&blob), "error names the corrupt object: {}", stderr(&out));
     assert_eq!(snapshot_count(&env.path("store")), 0);
 }
 
@@ -84,12 +73,7 @@ fn corrupt_packed_object_fails_and_records_nothing() {
     let env = Env::new();
     env.init_store();
     let repo = new_repo(&env.path("src"));
-    commit_file(
-        &repo,
-        "a",
-        &"some long enough content to find in the pack\n".repeat(50),
-        "one",
-    );
+    commit_file(&repo, "a", &"some long enough content to find in the pack\n".repeat(50), "one");
     git(&repo, &["gc", "-q"]);
     let blob = git(&repo, &["rev-parse", "HEAD:a"]).trim().to_owned();
     let pack = files_under(&git_dir(&repo).join("objects/pack"))
@@ -98,21 +82,10 @@ fn corrupt_packed_object_fails_and_records_nothing() {
         .unwrap();
     // `git verify-pack -v` lists "id type size size-in-pack offset": flip a byte inside the blob's
     // compressed data, which a pack copy passes along without decoding.
-    let listing = git(
-        &repo,
-        &[
-            "verify-pack",
-            "-v",
-            &pack.with_extension("idx").to_string_lossy(),
-        ],
-    );
-    let line = listing
-        .lines()
-        .find(|l| l.starts_with(&blob))
-        .expect("blob is packed");
+    let listing = git(&repo, &["verify-pack", "-v", &pack.with_extension("idx").to_string_lossy()]);
+    let line = listing.lines().find(|l| l.starts_with(&blob)).expect("blob is packed");
     let fields: Vec<&str> = line.split_whitespace().collect();
-    let (in_pack, offset): (usize, usize) =
-        (fields[3].parse().unwrap(), fields[4].parse().unwrap());
+    let (in_pack, offset): (usize, usize) = (fields[3].parse().unwrap(), fields[4].parse().unwrap());
     let mut bytes = std::fs::read(&pack).unwrap();
     bytes[offset + in_pack / 2] ^= 0xff;
     let mut perms = pack.metadata().unwrap().permissions();
@@ -124,11 +97,7 @@ fn corrupt_packed_object_fails_and_records_nothing() {
     let out = env.rv(&["backup", &repo.to_string_lossy()]);
     assert_eq!(code(&out), 1, "{}", stderr(&out));
     assert!(stderr(&out).contains("corrupt"), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains(&blob),
-        "error names the corrupt object: {}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains(&blob), "error names the corrupt object: {}", stderr(&out));
     assert_eq!(snapshot_count(&env.path("store")), 0);
 }
 
@@ -160,26 +129,15 @@ fn flipped_byte_in_store_is_found_by_verify_and_refused_by_restore() {
     assert_eq!(report["ok"], false);
     let name = victim.file_name().unwrap().to_string_lossy().into_owned();
     let problems = report["problems"].as_array().unwrap();
-    assert!(
-        problems.iter().any(|p| p["object"] == name.as_str()),
-        "{report}"
-    );
-    for field in [
-        "repos_checked",
-        "snapshots_checked",
-        "objects_checked",
-        "bytes_checked",
-    ] {
+    assert!(problems.iter().any(|p| p["object"] == name.as_str()), "{report}");
+    for field in ["repos_checked", "snapshots_checked", "objects_checked", "bytes_checked"] {
         assert!(report[field].is_u64(), "{field} in {report}");
     }
 
     let dest = env.path("out");
     let out = env.rv(&["restore", "src", &dest.to_string_lossy()]);
     assert_ne!(code(&out), 0);
-    assert!(
-        !dest.join("HEAD").exists(),
-        "a failed restore leaves nothing that looks like a repository"
-    );
+    assert!(!dest.join("HEAD").exists(), "a failed restore leaves nothing that looks like a repository");
 }
 
 #[test]
@@ -229,42 +187,23 @@ fn backup_killed_midway_is_completed_by_the_next_run() {
     let start = Instant::now();
     // Kill it once a good part of the pack is stored, so that a re-run that stored it all
     // again would show.
-    let stored_bytes = || -> u64 {
-        store_objects(&store)
-            .iter()
-            .filter_map(|f| f.metadata().ok())
-            .map(|m| m.len())
-            .sum()
-    };
+    let stored_bytes =
+        || -> u64 { store_objects(&store).iter().filter_map(|f| f.metadata().ok()).map(|m| m.len()).sum() };
     while stored_bytes() < 6_000_000 && start.elapsed() < Duration::from_secs(60) {
         std::thread::sleep(Duration::from_millis(1));
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    assert!(
-        !store_objects(&store).is_empty(),
-        "the backup had started storing"
-    );
-    assert_eq!(
-        snapshot_count(&store),
-        0,
-        "killed before any snapshot was committed"
-    );
+    assert!(!store_objects(&store).is_empty(), "the backup had started storing");
+    assert_eq!(snapshot_count(&store), 0, "killed before any snapshot was committed");
 
     env.backup("big", &repo);
     assert_eq!(code(&env.rv(&["verify"])), 0);
     // What the killed run stored is reused, not stored a second time.
-    let listed: serde_json::Value =
-        serde_json::from_str(&env.rv_ok(&["snapshots", "big", "--json"])).unwrap();
+    let listed: serde_json::Value = serde_json::from_str(&env.rv_ok(&["snapshots", "big", "--json"])).unwrap();
     let pack_bytes = listed[0]["pack_bytes"].as_u64().unwrap();
-    let stored: u64 = store_objects(&store)
-        .iter()
-        .map(|f| f.metadata().unwrap().len())
-        .sum();
-    assert!(
-        stored < pack_bytes + pack_bytes / 5,
-        "stored {stored} bytes for a {pack_bytes}-byte pack"
-    );
+    let stored: u64 = store_objects(&store).iter().map(|f| f.metadata().unwrap().len()).sum();
+    assert!(stored < pack_bytes + pack_bytes / 5, "stored {stored} bytes for a {pack_bytes}-byte pack");
     let dest = env.path("out");
     env.restore("big", &dest, None);
     fsck(&dest);
@@ -277,19 +216,10 @@ fn damaged_snapshot_manifest_is_reported_by_verify() {
     backed_up_store(&env);
     let manifest = files_under(&env.path("store/snapshots")).pop().unwrap();
     let text = std::fs::read_to_string(&manifest).unwrap();
-    std::fs::write(
-        &manifest,
-        text.replacen("refs/heads/main", "refs/heads/mainx", 1),
-    )
-    .unwrap();
+    std::fs::write(&manifest, text.replacen("refs/heads/main", "refs/heads/mainx", 1)).unwrap();
     let out = env.rv(&["verify", "--json"]);
     assert_eq!(code(&out), 3, "{}", stderr(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let problems = report["problems"].as_array().unwrap();
-    assert!(
-        problems
-            .iter()
-            .any(|p| p["problem"].as_str().unwrap().contains("damaged")),
-        "{report}"
-    );
+    assert!(problems.iter().any(|p| p["problem"].as_str().unwrap().contains("damaged")), "{report}");
 }

@@ -17,10 +17,7 @@ fn every_kind_of_ref_round_trips() {
     commit_file(&repo, "b/c.txt", "feature\n", "feature work");
     git(&repo, &["checkout", "-q", "main"]);
     commit_file(&repo, "a.txt", "one\ntwo\n", "second");
-    git(
-        &repo,
-        &["merge", "-q", "--no-ff", "-m", "merge feature", "feature"],
-    );
+    git(&repo, &["merge", "-q", "--no-ff", "-m", "merge feature", "feature"]);
     git(&repo, &["tag", "-a", "v1.0", "-m", "release 1.0"]);
     git(&repo, &["tag", "light", "HEAD~1"]);
     let tree = git(&repo, &["rev-parse", "HEAD^{tree}"]).trim().to_owned();
@@ -30,18 +27,8 @@ fn every_kind_of_ref_round_trips() {
     git(&repo, &["tag", "-a", "tag-of-tag", "-m", "nested", "v1.0"]);
     git(&repo, &["notes", "add", "-m", "a note", "HEAD"]);
     git(&repo, &["branch", "ünïcødé/ветка-🚀"]);
-    git(
-        &repo,
-        &["update-ref", "refs/custom/namespace/thing", "HEAD~1"],
-    );
-    git(
-        &repo,
-        &[
-            "symbolic-ref",
-            "refs/remotes/origin/HEAD",
-            "refs/heads/feature",
-        ],
-    );
+    git(&repo, &["update-ref", "refs/custom/namespace/thing", "HEAD~1"]);
+    git(&repo, &["symbolic-ref", "refs/remotes/origin/HEAD", "refs/heads/feature"]);
 
     env.backup("src", &repo);
     let dest = env.path("restored.git");
@@ -49,13 +36,7 @@ fn every_kind_of_ref_round_trips() {
     assert_eq!(ref_state(&dest), ref_state(&repo));
     fsck(&dest);
     assert_eq!(git(&dest, &["notes", "show", "main"]), "a note\n");
-    assert_eq!(
-        git(&dest, &["cat-file", "-p", "tree-tag"])
-            .lines()
-            .next()
-            .unwrap(),
-        format!("object {tree}")
-    );
+    assert_eq!(git(&dest, &["cat-file", "-p", "tree-tag"]).lines().next().unwrap(), format!("object {tree}"));
 }
 
 #[test]
@@ -67,10 +48,7 @@ fn empty_repository_round_trips() {
     let dest = env.path("out");
     env.restore("empty", &dest, None);
     assert_eq!(git(&dest, &["for-each-ref"]), "");
-    assert_eq!(
-        git(&dest, &["symbolic-ref", "HEAD"]).trim(),
-        "refs/heads/main"
-    );
+    assert_eq!(git(&dest, &["symbolic-ref", "HEAD"]).trim(), "refs/heads/main");
     fsck(&dest);
 }
 
@@ -82,16 +60,7 @@ fn bare_repository_with_detached_head_round_trips() {
     let first = commit_file(&work, "f", "1", "one");
     commit_file(&work, "f", "2", "two");
     let bare = env.path("bare.git");
-    git(
-        env.dir.path(),
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            &work.to_string_lossy(),
-            &bare.to_string_lossy(),
-        ],
-    );
+    git(env.dir.path(), &["clone", "-q", "--bare", &work.to_string_lossy(), &bare.to_string_lossy()]);
     git(&bare, &["update-ref", "--no-deref", "HEAD", &first]);
     env.backup("team/bare.git", &bare);
     let dest = env.path("out");
@@ -111,17 +80,7 @@ fn alternates_are_backed_up_self_contained() {
     }
     git(&origin, &["gc", "-q"]);
     let fork = env.path("fork.git");
-    git(
-        env.dir.path(),
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            "--shared",
-            &origin.to_string_lossy(),
-            &fork.to_string_lossy(),
-        ],
-    );
+    git(env.dir.path(), &["clone", "-q", "--bare", "--shared", &origin.to_string_lossy(), &fork.to_string_lossy()]);
     assert!(fork.join("objects/info/alternates").exists());
     commit_file(&origin, "g", "more\n", "after fork");
     env.backup("fork.git", &fork);

@@ -8,15 +8,11 @@ use std::{path::Path, thread::sleep, time::Duration};
 use common::*;
 
 fn snapshots_json(env: &Env, name: &str) -> Vec<serde_json::Value> {
-    serde_json::from_str(&env.rv_ok(&["snapshots", name, "--json"]))
-        .expect("snapshots --json parses")
+    serde_json::from_str(&env.rv_ok(&["snapshots", name, "--json"])).expect("snapshots --json parses")
 }
 
 fn du(dir: &Path) -> u64 {
-    files_under(dir)
-        .iter()
-        .map(|f| f.metadata().unwrap().len())
-        .sum()
+    files_under(dir).iter().map(|f| f.metadata().unwrap().len()).sum()
 }
 
 #[test]
@@ -39,10 +35,7 @@ fn every_snapshot_of_a_changing_history_restores_exactly() {
     take(&env, &repo);
     // 2: new commits, a merge, a new tag.
     commit_file(&repo, "a", "1\n2\n", "a2");
-    git(
-        &repo,
-        &["merge", "-q", "--no-ff", "-m", "merge topic", "topic"],
-    );
+    git(&repo, &["merge", "-q", "--no-ff", "-m", "merge topic", "topic"]);
     git(&repo, &["tag", "v2"]);
     take(&env, &repo);
     // 3: force-push orphaning history on topic, a deleted branch, a deleted tag.
@@ -64,18 +57,10 @@ fn every_snapshot_of_a_changing_history_restores_exactly() {
     let listed = snapshots_json(&env, "src");
     assert_eq!(listed.len(), expected.len());
     for (i, (id, state)) in expected.iter().enumerate() {
-        assert_eq!(
-            listed[i]["id"],
-            id.as_str(),
-            "snapshots are listed oldest first"
-        );
+        assert_eq!(listed[i]["id"], id.as_str(), "snapshots are listed oldest first");
         let dest = env.path(&format!("restore-{i}"));
         env.restore("src", &dest, Some(&id[..10]));
-        assert_eq!(
-            &ref_state(&dest),
-            state,
-            "snapshot {i} restores the refs of its time"
-        );
+        assert_eq!(&ref_state(&dest), state, "snapshot {i} restores the refs of its time");
         fsck(&dest);
     }
 }
@@ -86,12 +71,7 @@ fn repack_without_new_commits_stores_almost_nothing() {
     env.init_store();
     let repo = new_repo(&env.path("src"));
     for i in 0..30 {
-        commit_file(
-            &repo,
-            &format!("dir{}/file{i}", i % 4),
-            &format!("{i}\n").repeat(200),
-            &format!("c{i}"),
-        );
+        commit_file(&repo, &format!("dir{}/file{i}", i % 4), &format!("{i}\n").repeat(200), &format!("c{i}"));
     }
     env.backup("src", &repo);
     let before = du(&env.path("store/objects"));
@@ -109,12 +89,7 @@ fn incremental_snapshot_holds_only_new_objects() {
     env.init_store();
     let repo = new_repo(&env.path("src"));
     for i in 0..20 {
-        commit_file(
-            &repo,
-            &format!("f{i}"),
-            &noise_text(i, 10_000),
-            &format!("c{i}"),
-        );
+        commit_file(&repo, &format!("f{i}"), &noise_text(i, 10_000), &format!("c{i}"));
     }
     env.backup("src", &repo);
     commit_file(&repo, "new", "small change\n", "one more");
@@ -123,9 +98,7 @@ fn incremental_snapshot_holds_only_new_objects() {
     // One commit, its tree, one blob, plus the parent commit and its tree the diff reads.
     let objects = listed[1]["objects"].as_u64().unwrap();
     assert!(objects <= 5, "incremental snapshot holds {objects} objects");
-    assert!(
-        listed[1]["pack_bytes"].as_u64().unwrap() < listed[0]["pack_bytes"].as_u64().unwrap() / 10
-    );
+    assert!(listed[1]["pack_bytes"].as_u64().unwrap() < listed[0]["pack_bytes"].as_u64().unwrap() / 10);
 }
 
 #[test]
@@ -147,23 +120,14 @@ fn restore_at_a_time_picks_the_latest_snapshot_at_or_before_it() {
     env.restore("src", &dest, Some(&between));
     assert_eq!(ref_state(&dest), first_state);
 
-    let too_early = env.rv(&[
-        "restore",
-        "src",
-        &env.path("x").to_string_lossy(),
-        "--at",
-        "2000-01-01T00:00:00Z",
-    ]);
+    let too_early = env.rv(&["restore", "src", &env.path("x").to_string_lossy(), "--at", "2000-01-01T00:00:00Z"]);
     assert_eq!(code(&too_early), 2, "{}", stderr(&too_early));
     assert_eq!(listed.len(), 1);
 }
 
 /// Now as RFC 3339, from the system clock (the tests do not depend on chrono).
 fn chrono_like_now() -> String {
-    let out = std::process::Command::new("date")
-        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
-        .output()
-        .unwrap();
+    let out = std::process::Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%SZ"]).output().unwrap();
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
@@ -175,12 +139,7 @@ fn backups_during_pushes_and_gc_are_consistent() {
     env.init_store();
     let repo = new_repo(&env.path("busy"));
     for i in 0..10 {
-        commit_file(
-            &repo,
-            &format!("f{}", i % 3),
-            &noise_text(i, 20_000),
-            &format!("c{i}"),
-        );
+        commit_file(&repo, &format!("f{}", i % 3), &noise_text(i, 20_000), &format!("c{i}"));
     }
     let stop = std::sync::atomic::AtomicBool::new(false);
     let pushes = std::sync::atomic::AtomicUsize::new(0);
@@ -189,12 +148,7 @@ fn backups_during_pushes_and_gc_are_consistent() {
         let writer = scope.spawn(|| {
             let mut i = 100;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                commit_file(
-                    &repo,
-                    &format!("f{}", i % 5),
-                    &noise_text(i, 20_000),
-                    &format!("c{i}"),
-                );
+                commit_file(&repo, &format!("f{}", i % 5), &noise_text(i, 20_000), &format!("c{i}"));
                 if i % 3 == 0 {
                     git(&repo, &["gc", "-q", "--prune=now"]);
                 }
@@ -221,11 +175,7 @@ fn backups_during_pushes_and_gc_are_consistent() {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         writer.join().unwrap();
     });
-    assert!(
-        snapshots.len() >= 6,
-        "most backups succeed despite the churn ({} of 8)",
-        snapshots.len()
-    );
+    assert!(snapshots.len() >= 6, "most backups succeed despite the churn ({} of 8)", snapshots.len());
     let listed = snapshots_json(&env, "busy");
     for (i, id) in snapshots.iter().enumerate() {
         let recorded = listed.iter().find(|s| s["id"] == id.as_str()).unwrap();

@@ -40,25 +40,11 @@ impl Forge {
         let root = env.path("forge");
         let template = new_repo(&env.path("template"));
         for i in 0..3 {
-            commit_file(
-                &template,
-                &format!("src/f{i}.rs"),
-                &format!("fn f{i}() {{}}\n"),
-                &format!("c{i}"),
-            );
+            commit_file(&template, &format!("src/f{i}.rs"), &format!("fn f{i}() {{}}\n"), &format!("c{i}"));
         }
         git(&template, &["tag", "-a", "v1", "-m", "v1"]);
         let bare_template = env.path("template.git");
-        git(
-            env.dir.path(),
-            &[
-                "clone",
-                "-q",
-                "--bare",
-                &template.to_string_lossy(),
-                &bare_template.to_string_lossy(),
-            ],
-        );
+        git(env.dir.path(), &["clone", "-q", "--bare", &template.to_string_lossy(), &bare_template.to_string_lossy()]);
         let mut names = Vec::new();
         for i in 0..REPOS {
             let name = if i % 2 == 0 {
@@ -103,9 +89,7 @@ impl Forge {
 
     fn snapshots_of(&self, name: &str) -> usize {
         let out = self.env.rv_ok(&["snapshots", name, "--json"]);
-        serde_json::from_str::<Vec<serde_json::Value>>(&out)
-            .unwrap()
-            .len()
+        serde_json::from_str::<Vec<serde_json::Value>>(&out).unwrap().len()
     }
 
     fn all_snapshots(&self) -> usize {
@@ -124,16 +108,9 @@ fn stdout(out: &Output) -> String {
 /// The value of a summary line such as "  backed up   5".
 fn summary(out: &Output, label: &str) -> u64 {
     let text = stdout(out);
-    let line = text
-        .lines()
-        .find(|l| l.trim_start().starts_with(label))
-        .unwrap_or_else(|| panic!("no {label:?} in {text}"));
-    line.trim_start()[label.len()..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
+    let line =
+        text.lines().find(|l| l.trim_start().starts_with(label)).unwrap_or_else(|| panic!("no {label:?} in {text}"));
+    line.trim_start()[label.len()..].split_whitespace().next().unwrap().parse().unwrap()
 }
 
 fn corrupt(repo: &Path) {
@@ -146,12 +123,7 @@ fn corrupt(repo: &Path) {
 #[test]
 fn nights_back_up_what_changed_and_isolate_failures() {
     let forge = Forge::new();
-    let broken = forge
-        .names
-        .iter()
-        .find(|n| !n.ends_with(".git"))
-        .unwrap()
-        .clone();
+    let broken = forge.names.iter().find(|n| !n.ends_with(".git")).unwrap().clone();
     corrupt(&forge.path(&broken));
 
     // Night one: everything but the corrupt repository.
@@ -160,43 +132,24 @@ fn nights_back_up_what_changed_and_isolate_failures() {
     assert_eq!(summary(&night1, "examined"), REPOS as u64);
     assert_eq!(summary(&night1, "backed up"), REPOS as u64 - 1);
     assert_eq!(summary(&night1, "failed"), 1);
-    assert!(
-        stderr(&night1).contains(&broken),
-        "the failure names the repository: {}",
-        stderr(&night1)
-    );
+    assert!(stderr(&night1).contains(&broken), "the failure names the repository: {}", stderr(&night1));
     assert_eq!(forge.all_snapshots(), REPOS - 1);
     assert_eq!(forge.snapshots_of(&broken), 0);
 
     // The day: five repositories get pushes, one is deleted, the broken one is repaired.
-    let changed: Vec<String> = forge
-        .names
-        .iter()
-        .filter(|n| **n != broken)
-        .step_by(37)
-        .take(5)
-        .cloned()
-        .collect();
+    let changed: Vec<String> = forge.names.iter().filter(|n| **n != broken).step_by(37).take(5).cloned().collect();
     assert_eq!(changed.len(), 5);
     for name in &changed {
         let path = forge.path(name);
         if name.ends_with(".git") {
             let tree = git(&path, &["rev-parse", "HEAD^{tree}"]).trim().to_owned();
-            let commit = git(&path, &["commit-tree", "-p", "HEAD", "-m", "pushed", &tree])
-                .trim()
-                .to_owned();
+            let commit = git(&path, &["commit-tree", "-p", "HEAD", "-m", "pushed", &tree]).trim().to_owned();
             git(&path, &["update-ref", "refs/heads/main", &commit]);
         } else {
             commit_file(&path, "pushed", "new\n", "pushed");
         }
     }
-    let deleted = forge
-        .names
-        .iter()
-        .rev()
-        .find(|n| !changed.contains(n) && **n != broken)
-        .unwrap()
-        .clone();
+    let deleted = forge.names.iter().rev().find(|n| !changed.contains(n) && **n != broken).unwrap().clone();
     std::fs::remove_dir_all(forge.path(&deleted)).unwrap();
     std::fs::remove_dir_all(forge.path(&broken)).unwrap();
 
@@ -208,20 +161,12 @@ fn nights_back_up_what_changed_and_isolate_failures() {
     assert_eq!(summary(&night2, "backed up"), 5);
     assert_eq!(summary(&night2, "unchanged"), REPOS as u64 - 7);
     assert_eq!(summary(&night2, "gone"), 1);
-    assert!(
-        stdout(&night2).contains(&format!("gone: {deleted}")),
-        "{}",
-        stdout(&night2)
-    );
+    assert!(stdout(&night2).contains(&format!("gone: {deleted}")), "{}", stdout(&night2));
     assert_eq!(forge.all_snapshots(), before + 5);
     for name in &changed {
         assert_eq!(forge.snapshots_of(name), 2, "{name}");
     }
-    assert_eq!(
-        forge.snapshots_of(&deleted),
-        1,
-        "a deleted repository keeps its snapshots"
-    );
+    assert_eq!(forge.snapshots_of(&deleted), 1, "a deleted repository keeps its snapshots");
     assert_eq!(code(&forge.env.rv(&["verify"])), 0);
 
     // The deleted repository restores from the store alone.
@@ -235,13 +180,7 @@ fn dry_run_lists_and_changes_nothing() {
     let forge = Forge::new();
     let out = forge.run(&["--dry-run"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert_eq!(
-        stdout(&out)
-            .lines()
-            .filter(|l| l.starts_with("would back up "))
-            .count(),
-        REPOS
-    );
+    assert_eq!(stdout(&out).lines().filter(|l| l.starts_with("would back up ")).count(), REPOS);
     assert_eq!(forge.all_snapshots(), 0);
     assert!(!forge.env.path("store/locks/run").exists());
 }
@@ -261,11 +200,7 @@ fn slow_forge() -> Forge {
 fn wait_for(path: &Path) {
     let start = Instant::now();
     while !path.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "{} never appeared",
-            path.display()
-        );
+        assert!(start.elapsed() < Duration::from_secs(60), "{} never appeared", path.display());
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -278,33 +213,20 @@ fn overlapping_run_exits_0_and_a_killed_run_is_completed_by_the_next() {
 
     let overlapping = forge.run(&[]);
     assert_eq!(code(&overlapping), 0, "{}", stderr(&overlapping));
-    assert!(
-        stderr(&overlapping).contains("another run"),
-        "{}",
-        stderr(&overlapping)
-    );
+    assert!(stderr(&overlapping).contains("another run"), "{}", stderr(&overlapping));
 
     first.kill().unwrap(); // SIGKILL: the lock stays behind
     first.wait().unwrap();
-    assert!(
-        forge.env.path("store/locks/run").exists(),
-        "a killed run leaves its lock"
-    );
+    assert!(forge.env.path("store/locks/run").exists(), "a killed run leaves its lock");
     let partial = forge.all_snapshots();
-    assert!(
-        partial < REPOS,
-        "the first run was killed before it finished ({partial})"
-    );
+    assert!(partial < REPOS, "the first run was killed before it finished ({partial})");
 
     // The dead holder's lock is taken over; everything not yet stored is backed up.
     let second = forge.run(&[]);
     assert_eq!(code(&second), 0, "{}{}", stdout(&second), stderr(&second));
     assert_eq!(summary(&second, "backed up"), (REPOS - partial) as u64);
     assert_eq!(forge.all_snapshots(), REPOS);
-    assert!(
-        !forge.env.path("store/locks/run").exists(),
-        "a finished run releases the lock"
-    );
+    assert!(!forge.env.path("store/locks/run").exists(), "a finished run releases the lock");
     assert_eq!(code(&forge.env.rv(&["verify"])), 0);
 }
 
@@ -315,11 +237,7 @@ fn rate_limit_slows_reading() {
     let out = forge.run(&["--rate-limit", "1MiB"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     // Over 2 MB read at 1 MiB/s with a one-second burst: at least about one second.
-    assert!(
-        start.elapsed() >= Duration::from_millis(900),
-        "{:?}",
-        start.elapsed()
-    );
+    assert!(start.elapsed() >= Duration::from_millis(900), "{:?}", start.elapsed());
     let bad = forge.run(&["--rate-limit", "fast"]);
     assert_eq!(code(&bad), 2);
 }
@@ -330,9 +248,7 @@ fn lag_reports_stale_repositories_and_writes_a_prometheus_file() {
     assert_eq!(code(&forge.run(&[])), 0);
     let scan = forge.root.to_string_lossy().into_owned();
 
-    let fresh = forge
-        .env
-        .rv(&["lag", "--scan", &scan, "--max-lag", "1h", "--json"]);
+    let fresh = forge.env.rv(&["lag", "--scan", &scan, "--max-lag", "1h", "--json"]);
     assert_eq!(code(&fresh), 0, "{}", stderr(&fresh));
     let report: serde_json::Value = serde_json::from_slice(&fresh.stdout).unwrap();
     assert_eq!(report["stale"], 0);
@@ -345,29 +261,15 @@ fn lag_reports_stale_repositories_and_writes_a_prometheus_file() {
     commit_file(&forge.path(pushed), "later", "x\n", "later");
     let prom = forge.env.path("textfile/repovault.prom");
     std::fs::create_dir_all(prom.parent().unwrap()).unwrap();
-    let stale = forge.env.rv(&[
-        "lag",
-        "--scan",
-        &scan,
-        "--max-lag",
-        "1s",
-        "--json",
-        "--prometheus",
-        &prom.to_string_lossy(),
-    ]);
+    let stale =
+        forge.env.rv(&["lag", "--scan", &scan, "--max-lag", "1s", "--json", "--prometheus", &prom.to_string_lossy()]);
     assert_eq!(code(&stale), 4, "{}", stderr(&stale));
     let report: serde_json::Value = serde_json::from_slice(&stale.stdout).unwrap();
     assert_eq!(report["stale"], 1);
     for field in ["max_lag_seconds", "p50_lag_seconds", "p99_lag_seconds"] {
         assert!(report[field].is_i64(), "{field}");
     }
-    let entry = report["repos"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["repo"] == pushed.as_str())
-        .unwrap()
-        .clone();
+    let entry = report["repos"].as_array().unwrap().iter().find(|r| r["repo"] == pushed.as_str()).unwrap().clone();
     assert!(entry["lag_seconds"].as_i64().unwrap() >= 2, "{entry}");
     for field in ["repo", "changed_at", "backed_up_change_at", "lag_seconds"] {
         assert!(entry.get(field).is_some(), "{field} in {entry}");
@@ -377,14 +279,9 @@ fn lag_reports_stale_repositories_and_writes_a_prometheus_file() {
     let mut seen = std::collections::BTreeSet::new();
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let (series, value) = line.rsplit_once(' ').unwrap();
-        value
-            .parse::<f64>()
-            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        value.parse::<f64>().unwrap_or_else(|_| panic!("bad value in {line:?}"));
         let name = series.split('{').next().unwrap();
-        assert!(
-            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
-            "{line}"
-        );
+        assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "{line}");
         seen.insert(name.to_owned());
     }
     for metric in [
@@ -398,51 +295,29 @@ fn lag_reports_stale_repositories_and_writes_a_prometheus_file() {
     assert!(text.contains(&format!("repovault_lag_seconds{{repo=\"{pushed}\"}}")));
     assert!(text.contains("repovault_stale_repositories 1"));
     // Written atomically: no temporary file is left beside it.
-    assert_eq!(
-        std::fs::read_dir(prom.parent().unwrap()).unwrap().count(),
-        1
-    );
+    assert_eq!(std::fs::read_dir(prom.parent().unwrap()).unwrap().count(), 1);
 
     // A repository never backed up counts from its change.
     let never = new_repo(&forge.root.join("brand-new"));
     commit_file(&never, "f", "x", "c");
     let out = forge.env.rv(&["lag", "--scan", &scan, "--json"]);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let entry = report["repos"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["repo"] == "brand-new")
-        .unwrap()
-        .clone();
+    let entry = report["repos"].as_array().unwrap().iter().find(|r| r["repo"] == "brand-new").unwrap().clone();
     assert_eq!(entry["backed_up_change_at"], serde_json::Value::Null);
 }
 
 #[test]
 fn json_logs_give_one_line_per_repository_result() {
     let forge = Forge::new();
-    let out = forge.env.rv(&[
-        "--log-format",
-        "json",
-        "run",
-        "--scan",
-        forge.root.to_str().unwrap(),
-    ]);
+    let out = forge.env.rv(&["--log-format", "json", "run", "--scan", forge.root.to_str().unwrap()]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let results: Vec<serde_json::Value> = stderr(&out)
         .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l)
-                .unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}"))
-        })
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))
         .filter(|v| v["fields"]["result"].is_string())
         .collect();
     assert_eq!(results.len(), REPOS);
-    assert!(
-        results
-            .iter()
-            .all(|r| r["fields"]["repo"].is_string() && r["fields"]["bytes_stored"].is_u64())
-    );
+    assert!(results.iter().all(|r| r["fields"]["repo"].is_string() && r["fields"]["bytes_stored"].is_u64()));
 }
 
 #[test]
@@ -450,7 +325,11 @@ fn another_hosts_lock_is_respected_until_its_heartbeat_stops() {
     let forge = Forge::new();
     let lock = forge.env.path("store/locks/run");
     std::fs::create_dir_all(lock.parent().unwrap()).unwrap();
-    std::fs::write(&lock, r#"{"host":"backup-02.example","pid":4242,"pid_start":1,"started_at":"2026-11-20T01:15:00Z"}"#).unwrap();
+    std::fs::write(
+        &lock,
+        r#"{"host":"backup-02.example","pid":4242,"pid_start":1,"started_at":"2026-11-20T01:15:00Z"}"#,
+    )
+    .unwrap();
 
     let fresh = forge.run(&[]);
     assert_eq!(code(&fresh), 0, "{}", stderr(&fresh));
@@ -463,8 +342,7 @@ fn another_hosts_lock_is_respected_until_its_heartbeat_stops() {
 
     // Its heartbeat stopped an hour ago: the host is gone, the lock is stale.
     let file = std::fs::OpenOptions::new().write(true).open(&lock).unwrap();
-    file.set_modified(std::time::SystemTime::now() - Duration::from_secs(3600))
-        .unwrap();
+    file.set_modified(std::time::SystemTime::now() - Duration::from_secs(3600)).unwrap();
     drop(file);
     let takeover = forge.run(&[]);
     assert_eq!(code(&takeover), 0, "{}", stderr(&takeover));

@@ -26,10 +26,7 @@ pub fn run(ctx: &Context, args: &BackupArgs) -> Result<Outcome> {
     };
     crate::name::validate(&name)?;
     if !args.path.exists() {
-        return Err(usage(format!(
-            "repository {name}: {} does not exist",
-            args.path.display()
-        )));
+        return Err(usage(format!("repository {name}: {} does not exist", args.path.display())));
     }
     let store = ctx.open_store(&args.store)?;
     let report = crate::backup::backup_git(&store, &name, &args.path, None)
@@ -55,10 +52,5 @@ fn default_name(path: &std::path::Path) -> Result<String> {
             std::path::Component::Normal(s) => s.to_str().map(str::to_owned),
             _ => None,
         })
-        .ok_or_else(|| {
-            usage(format!(
-                "cannot derive a repository name from {}; pass --name",
-                path.display()
-            ))
-        })
+        .ok_or_else(|| usage(format!("cannot derive a repository name from {}; pass --name", path.display())))
 }

@@ -58,19 +58,11 @@ pub struct LagReport {
 }
 
 pub fn run(ctx: &Context, args: &LagArgs) -> Result<Outcome> {
-    let max_lag = args
-        .max_lag
-        .as_deref()
-        .map(|d| parse_duration(d).map_err(|e| usage(format!("--max-lag: {e}"))))
-        .transpose()?;
+    let max_lag =
+        args.max_lag.as_deref().map(|d| parse_duration(d).map_err(|e| usage(format!("--max-lag: {e}")))).transpose()?;
     let store = ctx.open_store(&args.store)?;
     let found = args.feed.discover()?;
-    let report = measure(
-        &store,
-        &found.repositories,
-        max_lag.map(|d| d.as_secs() as i64),
-        Utc::now(),
-    )?;
+    let report = measure(&store, &found.repositories, max_lag.map(|d| d.as_secs() as i64), Utc::now())?;
 
     if let Some(path) = &args.prometheus {
         let last_run = store.last_run_record()?;
@@ -81,11 +73,7 @@ pub fn run(ctx: &Context, args: &LagArgs) -> Result<Outcome> {
     } else {
         print_table(&report);
     }
-    Ok(if report.stale > 0 {
-        Outcome::Stale
-    } else {
-        Outcome::Done
-    })
+    Ok(if report.stale > 0 { Outcome::Stale } else { Outcome::Done })
 }
 
 /// When a repository's current state last changed at the source.
@@ -94,23 +82,14 @@ fn source_changed_at(candidate: &Candidate) -> DateTime<Utc> {
         Vcs::Git => git::source::refs_stat(&git::source::git_dir_of(&candidate.path)).changed_at,
         Vcs::Hg => ["", "bookmarks", "store/00changelog.i", "store/phaseroots"]
             .iter()
-            .filter_map(|f| {
-                std::fs::metadata(candidate.path.join(".hg").join(f))
-                    .and_then(|m| m.modified())
-                    .ok()
-            })
+            .filter_map(|f| std::fs::metadata(candidate.path.join(".hg").join(f)).and_then(|m| m.modified()).ok())
             .max()
             .unwrap_or(SystemTime::UNIX_EPOCH)
             .into(),
     }
 }
 
-pub fn measure(
-    store: &Store,
-    candidates: &[Candidate],
-    max_lag: Option<i64>,
-    now: DateTime<Utc>,
-) -> Result<LagReport> {
+pub fn measure(store: &Store, candidates: &[Candidate], max_lag: Option<i64>, now: DateTime<Utc>) -> Result<LagReport> {
     let mut repos = Vec::with_capacity(candidates.len());
     for candidate in candidates {
         let changed_at = source_changed_at(candidate);
@@ -120,16 +99,8 @@ pub fn measure(
                 let held = latest.snapshot.source_changed_at;
                 let up_to_date = candidate.vcs == Vcs::Git
                     && latest.snapshot.source_fingerprint.as_deref()
-                        == Some(
-                            git::source::refs_stat(&git::source::git_dir_of(&candidate.path))
-                                .fingerprint
-                                .as_str(),
-                        );
-                let lag = if up_to_date {
-                    0
-                } else {
-                    (changed_at - held).num_seconds().max(0)
-                };
+                        == Some(git::source::refs_stat(&git::source::git_dir_of(&candidate.path)).fingerprint.as_str());
+                let lag = if up_to_date { 0 } else { (changed_at - held).num_seconds().max(0) };
                 (Some(held), lag)
             }
             // Never backed up: the lag counts from the change that is not in the store.
@@ -159,14 +130,8 @@ pub fn measure(
             });
         }
     }
-    repos.sort_by(|a, b| {
-        b.lag_seconds
-            .cmp(&a.lag_seconds)
-            .then_with(|| a.repo.cmp(&b.repo))
-    });
-    let stale = max_lag.map_or(0, |max| {
-        lags.iter().filter(|&&lag| lag > max).count() as u64
-    });
+    repos.sort_by(|a, b| b.lag_seconds.cmp(&a.lag_seconds).then_with(|| a.repo.cmp(&b.repo)));
+    let stale = max_lag.map_or(0, |max| lags.iter().filter(|&&lag| lag > max).count() as u64);
     Ok(LagReport {
         max_lag_seconds: lags.last().copied().unwrap_or(0),
         p50_lag_seconds: percentile(&lags, 50),
@@ -187,19 +152,14 @@ fn percentile(sorted: &[i64], p: usize) -> i64 {
 }
 
 fn print_table(report: &LagReport) {
-    println!(
-        "{:>10}  {:<20}  {:<20}  REPO",
-        "LAG", "CHANGED", "BACKED UP CHANGE"
-    );
+    println!("{:>10}  {:<20}  {:<20}  REPO", "LAG", "CHANGED", "BACKED UP CHANGE");
     let time = |t: &DateTime<Utc>| t.format("%Y-%m-%d %H:%M:%S").to_string();
     for r in &report.repos {
         println!(
             "{:>10}  {:<20}  {:<20}  {}{}",
             human_seconds(r.lag_seconds),
             time(&r.changed_at),
-            r.backed_up_change_at
-                .as_ref()
-                .map_or("never".to_owned(), time),
+            r.backed_up_change_at.as_ref().map_or("never".to_owned(), time),
             r.repo,
             if r.gone { "  (gone at the source)" } else { "" }
         );
@@ -225,19 +185,12 @@ fn human_seconds(s: i64) -> String {
 }
 
 fn escape_label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 /// Writes the node_exporter textfile: to a temporary file in the same directory, then
 /// renamed, so the collector never reads half a file.
-fn write_prometheus(
-    path: &std::path::Path,
-    report: &LagReport,
-    last_run: Option<&RunRecord>,
-) -> Result<()> {
+fn write_prometheus(path: &std::path::Path, report: &LagReport, last_run: Option<&RunRecord>) -> Result<()> {
     let mut text = String::new();
     let mut metric = |name: &str, help: &str, samples: &[(String, i64)]| {
         text += &format!("# HELP {name} {help}\n# TYPE {name} gauge\n");
@@ -249,12 +202,7 @@ fn write_prometheus(
         .repos
         .iter()
         .filter(|r| !r.gone)
-        .map(|r| {
-            (
-                format!("{{repo=\"{}\"}}", escape_label(&r.repo)),
-                r.lag_seconds,
-            )
-        })
+        .map(|r| (format!("{{repo=\"{}\"}}", escape_label(&r.repo)), r.lag_seconds))
         .collect();
     metric(
         "repovault_lag_seconds",
@@ -266,21 +214,9 @@ fn write_prometheus(
         "Repositories whose lag is above --max-lag.",
         &[(String::new(), report.stale as i64)],
     );
-    metric(
-        "repovault_max_lag_seconds",
-        "Largest lag of any repository.",
-        &[(String::new(), report.max_lag_seconds)],
-    );
-    metric(
-        "repovault_p50_lag_seconds",
-        "Median lag.",
-        &[(String::new(), report.p50_lag_seconds)],
-    );
-    metric(
-        "repovault_p99_lag_seconds",
-        "99th percentile lag.",
-        &[(String::new(), report.p99_lag_seconds)],
-    );
+    metric("repovault_max_lag_seconds", "Largest lag of any repository.", &[(String::new(), report.max_lag_seconds)]);
+    metric("repovault_p50_lag_seconds", "Median lag.", &[(String::new(), report.p50_lag_seconds)]);
+    metric("repovault_p99_lag_seconds", "99th percentile lag.", &[(String::new(), report.p99_lag_seconds)]);
     metric(
         "repovault_gone_repositories",
         "Repositories deleted at the source whose snapshots are kept.",
@@ -289,10 +225,7 @@ fn write_prometheus(
     metric(
         "repovault_last_run_timestamp_seconds",
         "When the last run finished (0: no run recorded).",
-        &[(
-            String::new(),
-            last_run.map_or(0, |r| r.finished_at.timestamp()),
-        )],
+        &[(String::new(), last_run.map_or(0, |r| r.finished_at.timestamp()))],
     );
     metric(
         "repovault_last_run_failed_repositories",
@@ -306,21 +239,12 @@ fn write_prometheus(
     let mut temp = tempfile::Builder::new()
         .prefix(".repovault-prom-")
         .tempfile_in(&dir)
-        .map_err(|e| {
-            usage(format!(
-                "--prometheus {}: cannot write in {}: {e}",
-                path.display(),
-                dir.display()
-            ))
-        })?;
+        .map_err(|e| usage(format!("--prometheus {}: cannot write in {}: {e}", path.display(), dir.display())))?;
     temp.write_all(text.as_bytes())?;
     temp.as_file().sync_all()?;
     // node_exporter runs as another user: the file must be readable by it.
     use std::os::unix::fs::PermissionsExt;
-    temp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
-    temp.persist(path)
-        .map_err(|e| e.error)
-        .with_context(|| format!("writing {}", path.display()))?;
+    temp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    temp.persist(path).map_err(|e| e.error).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }

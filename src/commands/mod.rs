@@ -55,9 +55,7 @@ impl FeedArgs {
             (None, Some(_)) => Err(usage(
                 "--database-url: the PostgreSQL change feed is not available in this build yet; use --scan ROOT",
             )),
-            (None, None) => Err(usage(
-                "say where repositories are: --scan ROOT or --database-url URL",
-            )),
+            (None, None) => Err(usage("say where repositories are: --scan ROOT or --database-url URL")),
         }
     }
 }
@@ -80,10 +78,7 @@ impl Context {
 
     /// Where scratch directories are made.
     pub fn scratch_base(&self) -> PathBuf {
-        self.scratch_dir
-            .clone()
-            .or_else(|| self.config.scratch_dir.clone())
-            .unwrap_or_else(std::env::temp_dir)
+        self.scratch_dir.clone().or_else(|| self.config.scratch_dir.clone()).unwrap_or_else(std::env::temp_dir)
     }
 
     /// A fresh scratch directory, removed when dropped.

@@ -43,42 +43,26 @@ pub fn run(ctx: &Context, args: &RestoreArgs) -> Result<Outcome> {
     let store = ctx.open_store(&args.store)?;
     let snapshots = store.snapshots(Some(&args.name))?;
     if snapshots.is_empty() {
-        return Err(usage(format!(
-            "repository {}: no snapshots in store {}",
-            args.name,
-            store.location()
-        )));
+        return Err(usage(format!("repository {}: no snapshots in store {}", args.name, store.location())));
     }
     let chosen = select(&snapshots, args.at.as_deref(), &args.name)?;
     prepare_dest(&args.dest, args.force)?;
     let chain = store.chain(&args.name, &chosen.id)?;
     restore_into(&store, &chain, &args.dest).with_context(|| {
-        format!(
-            "repository {}: restoring snapshot {} into {}",
-            args.name,
-            chosen.id,
-            args.dest.display()
-        )
+        format!("repository {}: restoring snapshot {} into {}", args.name, chosen.id, args.dest.display())
     })?;
     eprintln!(
         "restored {} at snapshot {} ({}) into {}",
         args.name,
         crate::snapshot::Snapshot::short_id(&chosen.id),
-        chosen
-            .snapshot
-            .created_at
-            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        chosen.snapshot.created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         args.dest.display()
     );
     Ok(Outcome::Done)
 }
 
 /// Picks the snapshot `--at` names among a repository's snapshots (oldest first).
-pub fn select<'a>(
-    snapshots: &'a [StoredSnapshot],
-    at: Option<&str>,
-    name: &str,
-) -> Result<&'a StoredSnapshot> {
+pub fn select<'a>(snapshots: &'a [StoredSnapshot], at: Option<&str>, name: &str) -> Result<&'a StoredSnapshot> {
     let Some(at) = at else {
         return Ok(snapshots.last().expect("checked non-empty"));
     };
@@ -92,36 +76,22 @@ pub fn select<'a>(
     }
     let at_lower = at.to_ascii_lowercase();
     if at_lower.is_empty() || !at_lower.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(usage(format!(
-            "--at {at:?}: neither a snapshot id nor an RFC 3339 time"
-        )));
+        return Err(usage(format!("--at {at:?}: neither a snapshot id nor an RFC 3339 time")));
     }
-    let matches: Vec<_> = snapshots
-        .iter()
-        .filter(|s| s.id.starts_with(&at_lower))
-        .collect();
+    let matches: Vec<_> = snapshots.iter().filter(|s| s.id.starts_with(&at_lower)).collect();
     match matches.as_slice() {
         [one] => Ok(one),
-        [] => Err(usage(format!(
-            "repository {name}: no snapshot id starts with {at}"
-        ))),
-        _ => Err(usage(format!(
-            "repository {name}: snapshot prefix {at} is ambiguous ({} match)",
-            matches.len()
-        ))),
+        [] => Err(usage(format!("repository {name}: no snapshot id starts with {at}"))),
+        _ => Err(usage(format!("repository {name}: snapshot prefix {at} is ambiguous ({} match)", matches.len()))),
     }
 }
 
 fn prepare_dest(dest: &Path, force: bool) -> Result<()> {
     match fs::symlink_metadata(dest) {
-        Ok(meta) if !meta.is_dir() => Err(usage(format!(
-            "{} exists and is not a directory",
-            dest.display()
-        ))),
+        Ok(meta) if !meta.is_dir() => Err(usage(format!("{} exists and is not a directory", dest.display()))),
         Ok(_) => {
-            let non_empty = fs::read_dir(dest)?
-                .flatten()
-                .any(|e| !e.file_name().to_string_lossy().starts_with(TEMP_PREFIX));
+            let non_empty =
+                fs::read_dir(dest)?.flatten().any(|e| !e.file_name().to_string_lossy().starts_with(TEMP_PREFIX));
             if non_empty && !force {
                 return Err(usage(format!(
                     "{} is not empty; refusing to restore into it (use --force to replace it)",
@@ -130,8 +100,7 @@ fn prepare_dest(dest: &Path, force: bool) -> Result<()> {
             }
             Ok(())
         }
-        Err(_) => fs::create_dir_all(dest)
-            .map_err(|e| usage(format!("cannot create {}: {e}", dest.display()))),
+        Err(_) => fs::create_dir_all(dest).map_err(|e| usage(format!("cannot create {}: {e}", dest.display()))),
     }
 }
 
@@ -152,22 +121,14 @@ fn restore_into(store: &Store, chain: &[StoredSnapshot], dest: &Path) -> Result<
                 continue;
             }
             let path = entry.path();
-            if entry.file_type()?.is_dir() {
-                fs::remove_dir_all(&path)
-            } else {
-                fs::remove_file(&path)
-            }
-            .with_context(|| format!("removing {}", path.display()))?;
+            if entry.file_type()?.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) }
+                .with_context(|| format!("removing {}", path.display()))?;
         }
-        let mut entries: Vec<_> = fs::read_dir(&build)?
-            .flatten()
-            .map(|e| e.file_name())
-            .collect();
+        let mut entries: Vec<_> = fs::read_dir(&build)?.flatten().map(|e| e.file_name()).collect();
         entries.sort_by_key(|name| name == "HEAD");
         for name in entries {
-            fs::rename(build.join(&name), dest.join(&name)).with_context(|| {
-                format!("moving {} into {}", name.to_string_lossy(), dest.display())
-            })?;
+            fs::rename(build.join(&name), dest.join(&name))
+                .with_context(|| format!("moving {} into {}", name.to_string_lossy(), dest.display()))?;
         }
         crate::store::local::sync_dir(dest)?;
         fs::remove_dir(&build)?;

@@ -42,10 +42,8 @@ const RETRY_DELAYS: [Duration; 2] = [Duration::from_secs(2), Duration::from_secs
 pub fn run(ctx: &Context, args: &RunArgs) -> Result<Outcome> {
     let started = Instant::now();
     let started_at = Utc::now();
-    let jobs = args
-        .jobs
-        .or(ctx.config.jobs)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let jobs =
+        args.jobs.or(ctx.config.jobs).unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     if jobs == 0 {
         return Err(usage("--jobs must be at least 1"));
     }
@@ -65,10 +63,7 @@ pub fn run(ctx: &Context, args: &RunArgs) -> Result<Outcome> {
         match store.lock_run()? {
             LockAttempt::Acquired(lock) => Some(lock),
             LockAttempt::HeldBy(holder) => {
-                eprintln!(
-                    "another run holds store {} ({holder}); nothing to do",
-                    store.location()
-                );
+                eprintln!("another run holds store {} ({holder}); nothing to do", store.location());
                 return Ok(Outcome::Done);
             }
         }
@@ -85,8 +80,7 @@ pub fn run(ctx: &Context, args: &RunArgs) -> Result<Outcome> {
             Plan::Unsupported(why) => unsupported.push((p.candidate.name, why)),
         }
     }
-    let examined =
-        (work.len() + unchanged as usize + unsupported.len() + found.rejected.len()) as u64;
+    let examined = (work.len() + unchanged as usize + unsupported.len() + found.rejected.len()) as u64;
 
     if args.dry_run {
         for candidate in &work {
@@ -112,11 +106,7 @@ pub fn run(ctx: &Context, args: &RunArgs) -> Result<Outcome> {
     let progress = progress_bar(ctx, work.len() as u64);
     let changed = work.len() as u64;
     let (mut backed_up, mut bytes_read, mut bytes_stored) = (0u64, 0u64, 0u64);
-    let options = ExecOptions {
-        jobs,
-        limiter: limiter.as_ref(),
-        retry_delays: RETRY_DELAYS.to_vec(),
-    };
+    let options = ExecOptions { jobs, limiter: limiter.as_ref(), retry_delays: RETRY_DELAYS.to_vec() };
     scheduler::execute(&store, work, &options, |result| {
         progress.inc(1);
         match &result.outcome {
@@ -160,17 +150,10 @@ pub fn run(ctx: &Context, args: &RunArgs) -> Result<Outcome> {
         failed_repos: failures.iter().map(|(name, _)| name.clone()).collect(),
     };
     if let Err(e) = store.write_run_record(&record) {
-        eprintln!(
-            "error: store {}: cannot record this run: {e:#}",
-            store.location()
-        );
+        eprintln!("error: store {}: cannot record this run: {e:#}", store.location());
     }
     print_summary(&record, &gone, &unsupported, started.elapsed());
-    Ok(if failures.is_empty() {
-        Outcome::Done
-    } else {
-        Outcome::PartlyFailed
-    })
+    Ok(if failures.is_empty() { Outcome::Done } else { Outcome::PartlyFailed })
 }
 
 fn report_failure(ctx: &Context, repo: &str, error: &str) {
@@ -187,10 +170,8 @@ fn progress_bar(ctx: &Context, total: u64) -> indicatif::ProgressBar {
     }
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} repositories  {msg}  {per_sec}  ETA {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} repositories  {msg}  {per_sec}  ETA {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar.enable_steady_tick(Duration::from_millis(250));
     bar
@@ -204,40 +185,19 @@ pub fn human_bytes(bytes: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }
 
-fn print_summary(
-    record: &RunRecord,
-    gone: &[String],
-    unsupported: &[(String, String)],
-    elapsed: Duration,
-) {
-    println!(
-        "repovault run finished at {}",
-        record
-            .finished_at
-            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-    );
+fn print_summary(record: &RunRecord, gone: &[String], unsupported: &[(String, String)], elapsed: Duration) {
+    println!("repovault run finished at {}", record.finished_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
     println!("  examined      {:>8}", record.examined);
     println!("  changed       {:>8}", record.changed);
     println!("  backed up     {:>8}", record.backed_up);
     println!("  unchanged     {:>8}", record.unchanged);
     println!("  failed        {:>8}", record.failed);
-    println!(
-        "  gone          {:>8}   (deleted at the source; snapshots kept)",
-        gone.len()
-    );
+    println!("  gone          {:>8}   (deleted at the source; snapshots kept)", gone.len());
     if !unsupported.is_empty() {
-        println!(
-            "  not supported {:>8}   ({})",
-            unsupported.len(),
-            unsupported[0].1
-        );
+        println!("  not supported {:>8}   ({})", unsupported.len(), unsupported[0].1);
     }
     println!("  bytes read    {:>8}", human_bytes(record.bytes_read));
     println!("  bytes stored  {:>8}", human_bytes(record.bytes_stored));
@@ -252,9 +212,6 @@ fn print_summary(
         println!("  failed: {name}");
     }
     if record.failed_repos.len() > 10 {
-        println!(
-            "  failed: ... and {} more (see the errors above)",
-            record.failed_repos.len() - 10
-        );
+        println!("  failed: ... and {} more (see the errors above)", record.failed_repos.len() - 10);
     }
 }

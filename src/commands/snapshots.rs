@@ -48,10 +48,7 @@ pub fn run(ctx: &Context, args: &SnapshotsArgs) -> Result<Outcome> {
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(Outcome::Done);
     }
-    println!(
-        "{:<12}  {:<20}  {:>6}  {:>10}  {:<12}  REPO",
-        "ID", "CREATED", "REFS", "NEW BYTES", "PARENT"
-    );
+    println!("{:<12}  {:<20}  {:>6}  {:>10}  {:<12}  REPO", "ID", "CREATED", "REFS", "NEW BYTES", "PARENT");
     for s in &snapshots {
         let snap = &s.snapshot;
         println!(
@@ -60,10 +57,7 @@ pub fn run(ctx: &Context, args: &SnapshotsArgs) -> Result<Outcome> {
             snap.created_at.format("%Y-%m-%d %H:%M:%S"),
             snap.refs.len(),
             snap.packs.iter().map(|p| p.pack.size).sum::<u64>(),
-            snap.parent
-                .as_deref()
-                .map(Snapshot::short_id)
-                .unwrap_or("-"),
+            snap.parent.as_deref().map(Snapshot::short_id).unwrap_or("-"),
             snap.repo
         );
     }

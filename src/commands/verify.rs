@@ -54,13 +54,7 @@ pub struct Report {
 }
 
 impl Report {
-    fn problem(
-        &mut self,
-        repo: Option<&str>,
-        snapshot: Option<&str>,
-        object: Option<&str>,
-        problem: String,
-    ) {
+    fn problem(&mut self, repo: Option<&str>, snapshot: Option<&str>, object: Option<&str>, problem: String) {
         self.problems.push(Problem {
             repo: repo.map(str::to_owned),
             snapshot: snapshot.map(str::to_owned),
@@ -102,21 +96,14 @@ pub fn run(ctx: &Context, args: &VerifyArgs) -> Result<Outcome> {
             report.problems.len()
         );
     }
-    Ok(if report.ok {
-        Outcome::Done
-    } else {
-        Outcome::Damaged
-    })
+    Ok(if report.ok { Outcome::Done } else { Outcome::Damaged })
 }
 
 pub fn verify(ctx: &Context, store: &Store, args: &VerifyArgs) -> Result<Report> {
     let mut report = Report::default();
     let mut by_repo: BTreeMap<String, Vec<StoredSnapshot>> = BTreeMap::new();
-    let scopes: Vec<Option<&str>> = if args.names.is_empty() {
-        vec![None]
-    } else {
-        args.names.iter().map(|n| Some(n.as_str())).collect()
-    };
+    let scopes: Vec<Option<&str>> =
+        if args.names.is_empty() { vec![None] } else { args.names.iter().map(|n| Some(n.as_str())).collect() };
     for scope in scopes {
         let entries = match store.snapshot_entries(scope) {
             Ok(entries) => entries,
@@ -176,12 +163,7 @@ pub fn verify(ctx: &Context, store: &Store, args: &VerifyArgs) -> Result<Report>
                     if checked.insert(id.clone()) {
                         check_object(store, &mut report, Some(repo), Some(&s.id), id);
                     } else if !store.has_object(id).unwrap_or(false) {
-                        report.problem(
-                            Some(repo),
-                            Some(&s.id),
-                            Some(id),
-                            "object is missing".into(),
-                        );
+                        report.problem(Some(repo), Some(&s.id), Some(id), "object is missing".into());
                     }
                 }
             }
@@ -190,12 +172,7 @@ pub fn verify(ctx: &Context, store: &Store, args: &VerifyArgs) -> Result<Report>
             && let Some(latest) = snapshots.last()
             && let Err(e) = deep_check(ctx, store, latest)
         {
-            report.problem(
-                Some(repo),
-                Some(&latest.id),
-                None,
-                format!("deep check failed: {e:#}"),
-            );
+            report.problem(Some(repo), Some(&latest.id), None, format!("deep check failed: {e:#}"));
         }
     }
     if args.names.is_empty() && args.sample.is_none() {
@@ -216,13 +193,7 @@ pub fn verify(ctx: &Context, store: &Store, args: &VerifyArgs) -> Result<Report>
     Ok(report)
 }
 
-fn check_object(
-    store: &Store,
-    report: &mut Report,
-    repo: Option<&str>,
-    snapshot: Option<&str>,
-    id: &str,
-) {
+fn check_object(store: &Store, report: &mut Report, repo: Option<&str>, snapshot: Option<&str>, id: &str) {
     report.objects_checked += 1;
     match store.get_object(id) {
         Ok(data) => report.bytes_checked += data.len() as u64,
@@ -261,21 +232,12 @@ fn deep_check(ctx: &Context, store: &Store, latest: &StoredSnapshot) -> Result<(
             .map_err(|e| anyhow::anyhow!("{e}"))
             .with_context(|| format!("pack {} fails its integrity check", pack.checksum))?;
     }
-    let repo = gix::open_opts(&target, gix::open::Options::isolated())
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let repo = gix::open_opts(&target, gix::open::Options::isolated()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let refs = crate::vcs::git::source::read_refs(&repo)?;
-    let recorded: BTreeMap<String, String> = refs
-        .refs
-        .iter()
-        .map(|(k, v)| (k.clone(), v.to_string()))
-        .collect();
+    let recorded: BTreeMap<String, String> = refs.refs.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
     if recorded != latest.snapshot.refs {
         anyhow::bail!("the rebuilt repository's refs differ from the snapshot's");
     }
-    crate::vcs::git::connectivity::check(
-        &repo,
-        &refs,
-        crate::vcs::git::connectivity::Blobs::Exist,
-    )?;
+    crate::vcs::git::connectivity::check(&repo, &refs, crate::vcs::git::connectivity::Blobs::Exist)?;
     Ok(())
 }

@@ -37,25 +37,15 @@ fn kind_of(dir: &Path) -> Option<Vcs> {
 /// Walks `root` and lists the repositories under it, sorted by name.
 pub fn scan(root: &Path) -> Result<ScanResult> {
     let meta = std::fs::metadata(root).with_context(|| format!("scan root {}", root.display()))?;
-    anyhow::ensure!(
-        meta.is_dir(),
-        "scan root {} is not a directory",
-        root.display()
-    );
+    anyhow::ensure!(meta.is_dir(), "scan root {} is not a directory", root.display());
     let mut result = ScanResult::default();
     let mut walk = WalkDir::new(root).follow_links(false).into_iter();
     while let Some(entry) = walk.next() {
         let entry = match entry {
             Ok(entry) => entry,
             Err(e) => {
-                let path = e
-                    .path()
-                    .map(Path::to_owned)
-                    .unwrap_or_else(|| root.to_owned());
-                result.rejected.push(Rejected {
-                    path,
-                    reason: format!("cannot read: {e}"),
-                });
+                let path = e.path().map(Path::to_owned).unwrap_or_else(|| root.to_owned());
+                result.rejected.push(Rejected { path, reason: format!("cannot read: {e}") });
                 continue;
             }
         };
@@ -66,15 +56,8 @@ pub fn scan(root: &Path) -> Result<ScanResult> {
         let Some(vcs) = kind_of(dir) else { continue };
         walk.skip_current_dir();
         match name_of(root, dir) {
-            Ok(name) => result.repositories.push(Candidate {
-                name,
-                path: dir.to_owned(),
-                vcs,
-            }),
-            Err(reason) => result.rejected.push(Rejected {
-                path: dir.to_owned(),
-                reason,
-            }),
+            Ok(name) => result.repositories.push(Candidate { name, path: dir.to_owned(), vcs }),
+            Err(reason) => result.rejected.push(Rejected { path: dir.to_owned(), reason }),
         }
     }
     result.repositories.sort_by(|a, b| a.name.cmp(&b.name));
@@ -82,19 +65,10 @@ pub fn scan(root: &Path) -> Result<ScanResult> {
 }
 
 fn name_of(root: &Path, dir: &Path) -> std::result::Result<String, String> {
-    let relative: PathBuf = dir
-        .strip_prefix(root)
-        .map_err(|e| e.to_string())?
-        .to_owned();
+    let relative: PathBuf = dir.strip_prefix(root).map_err(|e| e.to_string())?.to_owned();
     let mut parts = Vec::new();
     for component in relative.components() {
-        parts.push(
-            component
-                .as_os_str()
-                .to_str()
-                .ok_or("name is not valid UTF-8")?
-                .to_owned(),
-        );
+        parts.push(component.as_os_str().to_str().ok_or("name is not valid UTF-8")?.to_owned());
     }
     if parts.is_empty() {
         return Err("the scan root itself is a repository; scan its parent".into());
@@ -122,19 +96,8 @@ mod tests {
         std::fs::create_dir_all(r.join("plain/dir")).unwrap();
         std::os::unix::fs::symlink(r, r.join("plain/loop")).unwrap();
         let found = scan(r).unwrap();
-        let names: Vec<_> = found
-            .repositories
-            .iter()
-            .map(|c| (c.name.as_str(), c.vcs))
-            .collect();
-        assert_eq!(
-            names,
-            vec![
-                ("a/work", Vcs::Git),
-                ("b/bare.git", Vcs::Git),
-                ("c/deep/er/hgrepo", Vcs::Hg)
-            ]
-        );
+        let names: Vec<_> = found.repositories.iter().map(|c| (c.name.as_str(), c.vcs)).collect();
+        assert_eq!(names, vec![("a/work", Vcs::Git), ("b/bare.git", Vcs::Git), ("c/deep/er/hgrepo", Vcs::Hg)]);
         assert!(found.rejected.is_empty(), "{:?}", found.rejected);
     }
 }

@@ -28,34 +28,19 @@ pub struct ChunkedWriter<'a> {
 impl<'a> ChunkedWriter<'a> {
     pub fn new(store: &'a Store) -> Self {
         let params = store.config().chunking.clone();
-        ChunkedWriter {
-            store,
-            params,
-            buf: Vec::new(),
-            list: ChunkList::default(),
-            stored_bytes: 0,
-        }
+        ChunkedWriter { store, params, buf: Vec::new(), list: ChunkList::default(), stored_bytes: 0 }
     }
 
     /// Cuts and stores chunks. Unless `last`, the tail after the final cut point is kept:
     /// a cut only counts once the data after it is known.
     fn flush_chunks(&mut self, last: bool) -> Result<()> {
-        let ChunkParams {
-            min_size,
-            avg_size,
-            max_size,
-            ..
-        } = &self.params;
+        let ChunkParams { min_size, avg_size, max_size, .. } = &self.params;
         let (min_size, avg_size, max_size) = (*min_size, *avg_size, *max_size);
         let mut consumed = 0;
-        let cuts: Vec<(usize, usize)> = fastcdc::v2020::FastCDC::new(
-            &self.buf,
-            min_size as usize,
-            avg_size as usize,
-            max_size as usize,
-        )
-        .map(|c| (c.offset, c.length))
-        .collect();
+        let cuts: Vec<(usize, usize)> =
+            fastcdc::v2020::FastCDC::new(&self.buf, min_size as usize, avg_size as usize, max_size as usize)
+                .map(|c| (c.offset, c.length))
+                .collect();
         for (offset, length) in cuts {
             if !last && offset + length == self.buf.len() {
                 break;
@@ -104,12 +89,7 @@ pub struct ChunkReader<'a> {
 
 impl<'a> ChunkReader<'a> {
     pub fn new(store: &'a Store, list: &'a ChunkList) -> Self {
-        ChunkReader {
-            store,
-            chunks: list.chunks.iter(),
-            current: Vec::new(),
-            pos: 0,
-        }
+        ChunkReader { store, chunks: list.chunks.iter(), current: Vec::new(), pos: 0 }
     }
 }
 

@@ -52,10 +52,7 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 fn write_temp(dir: &Path, data: &[u8]) -> io::Result<PathBuf> {
     let temp = dir.join(format!("{TEMP_PREFIX}{:016x}", rand::random::<u64>()));
     let written = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&temp)?;
+        let mut file = OpenOptions::new().write(true).create_new(true).open(&temp)?;
         file.write_all(data)?;
         file.sync_all()
     })();
@@ -143,9 +140,7 @@ impl Backend for LocalBackend {
             Ok(()) => true,
             Err(_) => {
                 use std::os::unix::fs::MetadataExt;
-                fs::metadata(&unique)
-                    .map(|m| m.nlink() == 2)
-                    .unwrap_or(false)
+                fs::metadata(&unique).map(|m| m.nlink() == 2).unwrap_or(false)
             }
         };
         fs::remove_file(&unique)?;

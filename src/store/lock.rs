@@ -44,8 +44,7 @@ impl std::fmt::Display for LockInfo {
             "pid {} on {} since {}",
             self.pid,
             self.host,
-            self.started_at
-                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            self.started_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
         )
     }
 }
@@ -118,10 +117,7 @@ impl Store {
             }
             self.backend.remove(&aside)?;
         }
-        anyhow::bail!(
-            "store {}: could not take the run lock (it keeps changing hands)",
-            self.location()
-        )
+        anyhow::bail!("store {}: could not take the run lock (it keeps changing hands)", self.location())
     }
 
     fn is_stale(&self, holder: &LockInfo) -> Result<bool> {
@@ -153,12 +149,7 @@ impl Store {
                 }
             }
         });
-        RunLock {
-            store: self,
-            stop,
-            heartbeat: Some(heartbeat),
-            content,
-        }
+        RunLock { store: self, stop, heartbeat: Some(heartbeat), content }
     }
 }
 

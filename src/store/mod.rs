@@ -49,13 +49,10 @@ pub struct ChunkParams {
 }
 
 impl Default for ChunkParams {
+    /// About 2 MiB a chunk: pack data does not deduplicate below the pack, so chunks serve
+    /// streaming and re-runs, and larger ones mean fewer files and fsyncs.
     fn default() -> Self {
-        ChunkParams {
-            algorithm: "fastcdc-v2020".into(),
-            min_size: 256 << 10,
-            avg_size: 1 << 20,
-            max_size: 4 << 20,
-        }
+        ChunkParams { algorithm: "fastcdc-v2020".into(), min_size: 512 << 10, avg_size: 2 << 20, max_size: 8 << 20 }
     }
 }
 
@@ -71,9 +68,7 @@ fn object_path(id: &str) -> String {
 }
 
 fn is_hex_id(s: &str) -> bool {
-    s.len() == 64
-        && s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// What `put_object` did.
@@ -137,9 +132,7 @@ fn open_backend(location: &str) -> Result<std::sync::Arc<dyn Backend>> {
         )));
     }
     if location.is_empty() {
-        return Err(usage(
-            "no store given: pass --store, set REPOVAULT_STORE or `store` in the config file",
-        ));
+        return Err(usage("no store given: pass --store, set REPOVAULT_STORE or `store` in the config file"));
     }
     Ok(std::sync::Arc::new(LocalBackend::new(location)))
 }
@@ -155,12 +148,9 @@ impl Store {
         }
         let path = Path::new(location);
         if path.exists() {
-            let meta = std::fs::metadata(path)
-                .with_context(|| format!("store {location}: cannot stat"))?;
+            let meta = std::fs::metadata(path).with_context(|| format!("store {location}: cannot stat"))?;
             if !meta.is_dir() {
-                return Err(usage(format!(
-                    "store {location}: exists and is not a directory"
-                )));
+                return Err(usage(format!("store {location}: exists and is not a directory")));
             }
             if std::fs::read_dir(path)?.next().is_some() {
                 return Err(usage(format!(
@@ -168,12 +158,9 @@ impl Store {
                 )));
             }
         }
-        std::fs::create_dir_all(path)
-            .with_context(|| format!("store {location}: cannot create directory"))?;
+        std::fs::create_dir_all(path).with_context(|| format!("store {location}: cannot create directory"))?;
         for dir in ["objects", "snapshots", "locks"] {
-            backend
-                .create_dir(dir)
-                .with_context(|| format!("store {location}: cannot create {dir}/"))?;
+            backend.create_dir(dir).with_context(|| format!("store {location}: cannot create {dir}/"))?;
         }
         for fan in 0..=255u8 {
             backend.create_dir(&format!("objects/{fan:02x}"))?;
@@ -201,17 +188,13 @@ impl Store {
                 )));
             }
             Err(e) => {
-                return Err(usage(format!(
-                    "store {location}: cannot read its config: {e}"
-                )));
+                return Err(usage(format!("store {location}: cannot read its config: {e}")));
             }
         };
-        let config: StoreConfig = serde_json::from_slice(&raw)
-            .with_context(|| format!("store {location}: config file is damaged"))?;
+        let config: StoreConfig =
+            serde_json::from_slice(&raw).with_context(|| format!("store {location}: config file is damaged"))?;
         if config.magic != MAGIC {
-            return Err(usage(format!(
-                "store {location}: config file is not a repovault store config"
-            )));
+            return Err(usage(format!("store {location}: config file is not a repovault store config")));
         }
         if config.format != FORMAT_VERSION {
             return Err(usage(format!(
@@ -242,27 +225,19 @@ impl Store {
             .backend
             .write_new(&path, &encoded)
             .with_context(|| format!("store {}: writing object {path}", self.location()))?;
-        Ok(PutOutcome {
-            stored_bytes: if written { encoded.len() as u64 } else { 0 },
-        })
+        Ok(PutOutcome { stored_bytes: if written { encoded.len() as u64 } else { 0 } })
     }
 
     /// Reads an object and checks that it still hashes to its name.
     pub fn get_object(&self, id: &str) -> Result<Vec<u8>> {
         let path = object_path(id);
-        let raw = self.backend.read(&path).with_context(|| {
-            format!(
-                "store {}: object {path} is missing or unreadable",
-                self.location()
-            )
-        })?;
-        let data = decode(&raw)
-            .with_context(|| format!("store {}: object {path} is damaged", self.location()))?;
+        let raw = self
+            .backend
+            .read(&path)
+            .with_context(|| format!("store {}: object {path} is missing or unreadable", self.location()))?;
+        let data = decode(&raw).with_context(|| format!("store {}: object {path} is damaged", self.location()))?;
         if hash_hex(&data) != id {
-            bail!(
-                "store {}: object {path} is damaged: its content no longer hashes to its name",
-                self.location()
-            );
+            bail!("store {}: object {path} is damaged: its content no longer hashes to its name", self.location());
         }
         Ok(data)
     }
@@ -294,13 +269,7 @@ impl Store {
         let file = format!("{}-{id}", snapshot.created_at.format(STAMP_FORMAT));
         self.backend
             .write_new(&format!("{dir}/{file}"), &bytes)
-            .with_context(|| {
-                format!(
-                    "store {}: writing snapshot {id} of {}",
-                    self.location(),
-                    snapshot.repo
-                )
-            })?;
+            .with_context(|| format!("store {}: writing snapshot {id} of {}", self.location(), snapshot.repo))?;
         Ok(id)
     }
 
@@ -338,23 +307,13 @@ impl Store {
     /// Reads a snapshot file, checking that it still hashes to its id.
     pub fn load_snapshot(&self, entry: &SnapshotEntry) -> Result<StoredSnapshot> {
         let path = &entry.path;
-        let bytes = self
-            .backend
-            .read(path)
-            .with_context(|| format!("store {}: reading {path}", self.location()))?;
+        let bytes = self.backend.read(path).with_context(|| format!("store {}: reading {path}", self.location()))?;
         if hash_hex(&bytes) != entry.id {
-            bail!(
-                "store {}: snapshot {path} is damaged: it no longer hashes to its name",
-                self.location()
-            );
+            bail!("store {}: snapshot {path} is damaged: it no longer hashes to its name", self.location());
         }
-        let snapshot = serde_json::from_slice(&bytes).with_context(|| {
-            format!("store {}: snapshot {path} does not parse", self.location())
-        })?;
-        Ok(StoredSnapshot {
-            id: entry.id.clone(),
-            snapshot,
-        })
+        let snapshot = serde_json::from_slice(&bytes)
+            .with_context(|| format!("store {}: snapshot {path} does not parse", self.location()))?;
+        Ok(StoredSnapshot { id: entry.id.clone(), snapshot })
     }
 
     /// Snapshots of one repository (or of all), oldest first. A damaged manifest is an error
@@ -376,12 +335,7 @@ impl Store {
             .snapshot_entries(Some(repo))?
             .into_iter()
             .find(|e| e.id == id)
-            .with_context(|| {
-                format!(
-                    "store {}: snapshot {id} of {repo} is missing",
-                    self.location()
-                )
-            })?;
+            .with_context(|| format!("store {}: snapshot {id} of {repo} is missing", self.location()))?;
         Ok(self.load_snapshot(&entry)?.snapshot)
     }
 
@@ -397,24 +351,15 @@ impl Store {
 
     /// The latest snapshot under a repository key, if any.
     pub fn latest_snapshot_by_key(&self, key: &str) -> Result<Option<StoredSnapshot>> {
-        self.entries_under(key)?
-            .last()
-            .map(|e| self.load_snapshot(e))
-            .transpose()
+        self.entries_under(key)?.last().map(|e| self.load_snapshot(e)).transpose()
     }
 
     /// Records what a `run` did, for `lag --prometheus` and for people.
     pub fn write_run_record(&self, record: &RunRecord) -> Result<()> {
         self.backend.create_dir("runs")?;
         let bytes = serde_json::to_vec_pretty(record)?;
-        let file = format!(
-            "runs/{}-{}",
-            record.finished_at.format(STAMP_FORMAT),
-            &hash_hex(&bytes)[..16]
-        );
-        self.backend
-            .write_new(&file, &bytes)
-            .with_context(|| format!("store {}: writing {file}", self.location()))?;
+        let file = format!("runs/{}-{}", record.finished_at.format(STAMP_FORMAT), &hash_hex(&bytes)[..16]);
+        self.backend.write_new(&file, &bytes).with_context(|| format!("store {}: writing {file}", self.location()))?;
         Ok(())
     }
 
@@ -424,9 +369,10 @@ impl Store {
             return Ok(None);
         };
         let raw = self.backend.read(&format!("runs/{last}"))?;
-        Ok(Some(serde_json::from_slice(&raw).with_context(|| {
-            format!("store {}: runs/{last} does not parse", self.location())
-        })?))
+        Ok(Some(
+            serde_json::from_slice(&raw)
+                .with_context(|| format!("store {}: runs/{last} does not parse", self.location()))?,
+        ))
     }
 
     /// A snapshot and all its ancestors, oldest first. A parent that is missing is an error:
@@ -438,9 +384,9 @@ impl Store {
             if chain.len() > 1_000_000 {
                 bail!("snapshot chain of {repo} does not end (cycle?)");
             }
-            let snapshot = self.read_snapshot(repo, &id).with_context(|| {
-                format!("repository {repo}: snapshot {id} of the chain is unreadable")
-            })?;
+            let snapshot = self
+                .read_snapshot(repo, &id)
+                .with_context(|| format!("repository {repo}: snapshot {id} of the chain is unreadable"))?;
             next = snapshot.parent.clone();
             chain.push(StoredSnapshot { id, snapshot });
         }
@@ -493,10 +439,7 @@ fn decode(raw: &[u8]) -> Result<Vec<u8>> {
             // allocate without bound.
             let mut out = Vec::new();
             let decoder = zstd::stream::read::Decoder::new(rest)?;
-            std::io::Read::read_to_end(
-                &mut std::io::Read::take(decoder, MAX_OBJECT_SIZE + 1),
-                &mut out,
-            )?;
+            std::io::Read::read_to_end(&mut std::io::Read::take(decoder, MAX_OBJECT_SIZE + 1), &mut out)?;
             if out.len() as u64 > MAX_OBJECT_SIZE {
                 bail!("object decodes to more than {MAX_OBJECT_SIZE} bytes");
             }
@@ -521,11 +464,7 @@ mod tests {
                 (x >> 33) as u8
             })
             .collect();
-        for (data, encoding) in [
-            (&text[..], ENCODING_ZSTD),
-            (&noise[..], ENCODING_RAW),
-            (&b""[..], ENCODING_RAW),
-        ] {
+        for (data, encoding) in [(&text[..], ENCODING_ZSTD), (&noise[..], ENCODING_RAW), (&b""[..], ENCODING_RAW)] {
             let encoded = encode(data).unwrap();
             assert_eq!(encoded[0], encoding);
             assert_eq!(decode(&encoded).unwrap(), data);

@@ -13,9 +13,7 @@ pub struct Env {
 
 impl Env {
     pub fn new() -> Env {
-        Env {
-            dir: tempfile::tempdir().expect("tempdir"),
-        }
+        Env { dir: tempfile::tempdir().expect("tempdir") }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -40,12 +38,7 @@ impl Env {
     /// Runs repovault and asserts it exited 0; returns stdout.
     pub fn rv_ok(&self, args: &[&str]) -> String {
         let out = self.rv(args);
-        assert!(
-            out.status.success(),
-            "repovault {args:?} failed: {}\n{}",
-            out.status,
-            stderr(&out)
-        );
+        assert!(out.status.success(), "repovault {args:?} failed: {}\n{}", out.status, stderr(&out));
         String::from_utf8(out.stdout).expect("utf8 stdout")
     }
 
@@ -92,12 +85,7 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
         .env("HOME", dir)
         .output()
         .expect("run git");
-    assert!(
-        out.status.success(),
-        "git {args:?} in {} failed: {}",
-        dir.display(),
-        stderr(&out)
-    );
+    assert!(out.status.success(), "git {args:?} in {} failed: {}", dir.display(), stderr(&out));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -120,45 +108,26 @@ pub fn commit_file(repo: &Path, file: &str, content: &str, message: &str) -> Str
 
 /// What a restore must reproduce: every ref with its object and type, and HEAD.
 pub fn ref_state(repo: &Path) -> String {
-    let refs = git(
-        repo,
-        &[
-            "for-each-ref",
-            "--format=%(objectname) %(objecttype) %(refname) %(symref)",
-        ],
-    );
+    let refs = git(repo, &["for-each-ref", "--format=%(objectname) %(objecttype) %(refname) %(symref)"]);
     let head = git(repo, &["symbolic-ref", "-q", "HEAD"]);
     format!("{refs}HEAD -> {head}")
 }
 
 /// `ref_state`, but HEAD may be detached.
 pub fn ref_state_any_head(repo: &Path) -> String {
-    let refs = git(
-        repo,
-        &[
-            "for-each-ref",
-            "--format=%(objectname) %(objecttype) %(refname) %(symref)",
-        ],
-    );
+    let refs = git(repo, &["for-each-ref", "--format=%(objectname) %(objecttype) %(refname) %(symref)"]);
     let head = std::fs::read_to_string(git_dir(repo).join("HEAD")).unwrap();
     format!("{refs}HEAD -> {head}")
 }
 
 pub fn git_dir(repo: &Path) -> PathBuf {
-    if repo.join(".git").is_dir() {
-        repo.join(".git")
-    } else {
-        repo.to_owned()
-    }
+    if repo.join(".git").is_dir() { repo.join(".git") } else { repo.to_owned() }
 }
 
 /// Asserts `git fsck --full` finds nothing wrong (dangling objects are not errors).
 pub fn fsck(repo: &Path) {
-    let out = Command::new("git")
-        .args(["fsck", "--full", "--strict", "--no-dangling"])
-        .current_dir(repo)
-        .output()
-        .unwrap();
+    let out =
+        Command::new("git").args(["fsck", "--full", "--strict", "--no-dangling"]).current_dir(repo).output().unwrap();
     assert!(
         out.status.success(),
         "git fsck failed in {}: {}{}",
@@ -175,11 +144,7 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
             let p = e.path();
-            if e.file_type().unwrap().is_dir() {
-                stack.push(p)
-            } else {
-                out.push(p)
-            }
+            if e.file_type().unwrap().is_dir() { stack.push(p) } else { out.push(p) }
         }
     }
     out.sort();
@@ -200,9 +165,7 @@ pub fn snapshot_count(store: &Path) -> usize {
 
 /// Incompressible bytes, different for every seed (xorshift).
 pub fn noise_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     (0..len)
         .map(|_| {
             x ^= x << 13;
@@ -215,8 +178,5 @@ pub fn noise_bytes(seed: u64, len: usize) -> Vec<u8> {
 
 /// Incompressible text, different for every seed.
 pub fn noise_text(seed: u64, len: usize) -> String {
-    noise_bytes(seed, len)
-        .into_iter()
-        .map(|b| char::from(b'a' + b % 26))
-        .collect()
+    noise_bytes(seed, len).into_iter().map(|b| char::from(b'a' + b % 26)).collect()
 }

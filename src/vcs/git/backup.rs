@@ -66,11 +66,7 @@ struct Selection {
 /// Decides which objects are new: commits reachable from the refs but not from the
 /// previous snapshot's refs, and non-commit ref targets the previous snapshot did not have.
 fn select(repo: &gix::Repository, refs: &RefState, previous: &Previous) -> Result<Selection> {
-    let mut selection = Selection {
-        commits: Vec::new(),
-        as_is: Vec::new(),
-        trees: Vec::new(),
-    };
+    let mut selection = Selection { commits: Vec::new(), as_is: Vec::new(), trees: Vec::new() };
     let mut walk_tips = BTreeSet::new();
     for tip in refs.tips() {
         let mut id = tip;
@@ -79,9 +75,7 @@ fn select(repo: &gix::Repository, refs: &RefState, previous: &Previous) -> Resul
             let object = repo
                 .find_object(id)
                 .map_err(|e| anyhow!("{e}"))
-                .with_context(|| {
-                    format!("object {id} (target of a ref) is missing or corrupt in the source")
-                })?;
+                .with_context(|| format!("object {id} (target of a ref) is missing or corrupt in the source"))?;
             match object.kind {
                 gix::object::Kind::Commit => {
                     walk_tips.insert(id);
@@ -91,11 +85,7 @@ fn select(repo: &gix::Repository, refs: &RefState, previous: &Previous) -> Resul
                     if !already_stored {
                         selection.as_is.push(id);
                     }
-                    id = object
-                        .into_tag()
-                        .target_id()
-                        .map_err(|e| anyhow!("{e}"))?
-                        .detach();
+                    id = object.into_tag().target_id().map_err(|e| anyhow!("{e}"))?.detach();
                 }
                 gix::object::Kind::Tree => {
                     if !already_stored {
@@ -123,16 +113,10 @@ fn select(repo: &gix::Repository, refs: &RefState, previous: &Previous) -> Resul
     if walk_tips.is_empty() {
         return Ok(selection);
     }
-    let walk = repo
-        .rev_walk(walk_tips)
-        .with_hidden(hidden)
-        .all()
-        .map_err(|e| anyhow!("{e}"))
-        .context("walking history")?;
+    let walk =
+        repo.rev_walk(walk_tips).with_hidden(hidden).all().map_err(|e| anyhow!("{e}")).context("walking history")?;
     for info in walk {
-        let info = info
-            .map_err(|e| anyhow!("{e}"))
-            .context("walking history (a commit is missing or corrupt)")?;
+        let info = info.map_err(|e| anyhow!("{e}")).context("walking history (a commit is missing or corrupt)")?;
         selection.commits.push(info.id);
     }
     Ok(selection)
@@ -171,12 +155,7 @@ fn count(handle: &Handle, selection: Selection, full: bool) -> Result<Vec<output
     if full {
         // Nothing is stored yet: every commit's whole tree is wanted, which the threaded
         // counter does fastest.
-        let inputs: Vec<_> = selection
-            .commits
-            .into_iter()
-            .chain(selection.trees)
-            .chain(selection.as_is)
-            .collect();
+        let inputs: Vec<_> = selection.commits.into_iter().chain(selection.trees).chain(selection.as_is).collect();
         let (batch, _) = output::count::objects(
             handle.clone(),
             Box::new(inputs.into_iter().map(Ok)),
@@ -194,10 +173,7 @@ fn count(handle: &Handle, selection: Selection, full: bool) -> Result<Vec<output
     } else {
         // Diffing against parents is sequential by nature; upstream counts it unthreaded.
         for (inputs, expansion) in [
-            (
-                selection.commits,
-                ObjectExpansion::TreeAdditionsComparedToAncestor,
-            ),
+            (selection.commits, ObjectExpansion::TreeAdditionsComparedToAncestor),
             (selection.trees, ObjectExpansion::TreeContents),
             (selection.as_is, ObjectExpansion::AsIs),
         ] {
@@ -232,9 +208,7 @@ const BLOCK: usize = 1 << 20;
 impl BlockSender<'_> {
     fn send_block(&mut self) -> io::Result<()> {
         let block = std::mem::replace(&mut self.block, Vec::with_capacity(BLOCK));
-        self.output
-            .send(block)
-            .map_err(|_| io::Error::other("the store writer stopped early"))
+        self.output.send(block).map_err(|_| io::Error::other("the store writer stopped early"))
     }
 }
 
@@ -271,11 +245,7 @@ pub fn write_pack(
     let full = previous.is_none();
     let timer = std::time::Instant::now();
     let selection = select(&repo, refs, previous.unwrap_or(&Previous::default()))?;
-    tracing::debug!(
-        seconds = timer.elapsed().as_secs_f64(),
-        commits = selection.commits.len(),
-        "selected new commits"
-    );
+    tracing::debug!(seconds = timer.elapsed().as_secs_f64(), commits = selection.commits.len(), "selected new commits");
     if selection.commits.is_empty() && selection.trees.is_empty() && selection.as_is.is_empty() {
         return Ok(PackOutcome::default());
     }
@@ -284,24 +254,12 @@ pub fn write_pack(
     let mut handle: Handle = repo.into_sync().objects.into_shared_arc().to_cache_arc();
     handle.prevent_pack_unload();
     handle.ignore_replacements = true;
-    handle.set_pack_cache(|| {
-        Box::new(gix_pack::cache::lru::MemoryCappedHashmap::new(
-            PACK_CACHE_BYTES / 2,
-        ))
-    });
+    handle.set_pack_cache(|| Box::new(gix_pack::cache::lru::MemoryCappedHashmap::new(PACK_CACHE_BYTES / 2)));
     if !full {
-        handle.set_object_cache(|| {
-            Box::new(gix_pack::cache::object::MemoryCappedHashmap::new(
-                OBJECT_CACHE_BYTES,
-            ))
-        });
+        handle.set_object_cache(|| Box::new(gix_pack::cache::object::MemoryCappedHashmap::new(OBJECT_CACHE_BYTES)));
     }
     let counts = count(&handle, selection, full)?;
-    tracing::debug!(
-        seconds = timer.elapsed().as_secs_f64(),
-        objects = counts.len(),
-        "counted objects"
-    );
+    tracing::debug!(seconds = timer.elapsed().as_secs_f64(), objects = counts.len(), "counted objects");
     let counted: Vec<ObjectId> = counts.iter().map(|c| c.id).collect();
     let num_objects = u32::try_from(counts.len()).context("more than 2^32 objects in one pack")?;
 
@@ -314,12 +272,7 @@ pub fn write_pack(
             }
             writer.finish()
         });
-        let sink = BlockSender {
-            block: Vec::with_capacity(BLOCK),
-            limiter,
-            output: store_tx,
-            written: 0,
-        };
+        let sink = BlockSender { block: Vec::with_capacity(BLOCK), limiter, output: store_tx, written: 0 };
         let generated = (|| -> Result<(ObjectId, Vec<IndexEntry>, BlockSender<'_>)> {
             let mut writer = PackWriter::new(sink, num_objects, object_hash)?;
             write_objects(&handle, &source_packs, &counted, &mut writer)?;
@@ -334,16 +287,10 @@ pub fn write_pack(
             drop(sink);
             (checksum, index)
         });
-        let stored = store_thread
-            .join()
-            .map_err(|_| anyhow!("store writer thread panicked"))?;
+        let stored = store_thread.join().map_err(|_| anyhow!("store writer thread panicked"))?;
         let (checksum, index_entries) = generated.context("generating the pack from the source")?;
         let (pack_chunks, pack_stored) = stored.context("storing pack data")?;
-        tracing::debug!(
-            seconds = timer.elapsed().as_secs_f64(),
-            bytes = bytes_read,
-            "pack written"
-        );
+        tracing::debug!(seconds = timer.elapsed().as_secs_f64(), bytes = bytes_read, "pack written");
         let index = encode_v2(index_entries, checksum)?;
         let mut index_writer = ChunkedWriter::new(store);
         index_writer.write_all(&index)?;

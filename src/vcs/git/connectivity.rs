@@ -42,11 +42,7 @@ pub fn check(repo: &gix::Repository, refs: &RefState, blobs: Blobs) -> Result<Vi
                     break;
                 }
                 gix::object::Kind::Tag => {
-                    id = object
-                        .into_tag()
-                        .target_id()
-                        .map_err(|e| anyhow!("tag {id}: {e}"))?
-                        .detach()
+                    id = object.into_tag().target_id().map_err(|e| anyhow!("tag {id}: {e}"))?.detach()
                 }
                 gix::object::Kind::Tree => {
                     walk_tree(repo, id, &mut seen_trees, &mut visited, blobs)?;
@@ -61,20 +57,13 @@ pub fn check(repo: &gix::Repository, refs: &RefState, blobs: Blobs) -> Result<Vi
     }
     let walk = repo.rev_walk(commits).all().map_err(|e| anyhow!("{e}"))?;
     for info in walk {
-        let info = info
-            .map_err(|e| anyhow!("{e}"))
-            .context("walking history: a commit is missing or corrupt")?;
+        let info = info.map_err(|e| anyhow!("{e}")).context("walking history: a commit is missing or corrupt")?;
         visited.commits += 1;
         visited.objects += 1;
-        let commit = repo
-            .find_commit(info.id)
-            .map_err(|e| anyhow!("{e}"))
-            .with_context(|| format!("commit {}", info.id))?;
-        let tree = commit
-            .tree_id()
-            .map_err(|e| anyhow!("{e}"))
-            .with_context(|| format!("commit {}", info.id))?
-            .detach();
+        let commit =
+            repo.find_commit(info.id).map_err(|e| anyhow!("{e}")).with_context(|| format!("commit {}", info.id))?;
+        let tree =
+            commit.tree_id().map_err(|e| anyhow!("{e}")).with_context(|| format!("commit {}", info.id))?.detach();
         walk_tree(repo, tree, &mut seen_trees, &mut visited, blobs)?;
     }
     Ok(visited)
@@ -98,9 +87,7 @@ fn walk_tree(
             .map_err(|e| anyhow!("{e}"))
             .with_context(|| format!("tree {id} is missing or corrupt"))?;
         for entry in tree.iter() {
-            let entry = entry
-                .map_err(|e| anyhow!("{e}"))
-                .with_context(|| format!("tree {id} does not parse"))?;
+            let entry = entry.map_err(|e| anyhow!("{e}")).with_context(|| format!("tree {id} does not parse"))?;
             let oid = entry.oid().to_owned();
             if entry.mode().is_tree() {
                 stack.push(oid);
@@ -116,9 +103,7 @@ fn walk_tree(
                     Blobs::Read => {
                         repo.find_object(oid)
                             .map_err(|e| anyhow!("{e}"))
-                            .with_context(|| {
-                                format!("blob {oid} (in tree {id}) is missing or corrupt")
-                            })?;
+                            .with_context(|| format!("blob {oid} (in tree {id}) is missing or corrupt"))?;
                     }
                 }
             }

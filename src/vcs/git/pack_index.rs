@@ -50,8 +50,7 @@ pub fn encode_v2(mut entries: Vec<IndexEntry>, pack_checksum: ObjectId) -> Resul
         if entry.offset < 0x8000_0000 {
             out.extend_from_slice(&(entry.offset as u32).to_be_bytes());
         } else {
-            let index =
-                u32::try_from(large.len()).map_err(|_| anyhow!("too many large offsets"))?;
+            let index = u32::try_from(large.len()).map_err(|_| anyhow!("too many large offsets"))?;
             out.extend_from_slice(&(0x8000_0000 | index).to_be_bytes());
             large.push(entry.offset);
         }
@@ -62,9 +61,7 @@ pub fn encode_v2(mut entries: Vec<IndexEntry>, pack_checksum: ObjectId) -> Resul
     out.extend_from_slice(pack_checksum.as_bytes());
     let mut hasher = gix::hash::hasher(kind);
     hasher.update(&out);
-    let own = hasher
-        .try_finalize()
-        .map_err(|e| anyhow!("hashing the index: {e}"))?;
+    let own = hasher.try_finalize().map_err(|e| anyhow!("hashing the index: {e}"))?;
     out.extend_from_slice(own.as_bytes());
     Ok(out)
 }
@@ -78,21 +75,9 @@ mod tests {
     fn gix_reads_the_index_we_write() {
         let id = |b: u8| ObjectId::from_bytes_or_panic(&[b; 20]);
         let entries = vec![
-            IndexEntry {
-                id: id(0x42),
-                offset: 12,
-                crc32: 7,
-            },
-            IndexEntry {
-                id: id(0x01),
-                offset: 0x1_2345_6789,
-                crc32: 8,
-            },
-            IndexEntry {
-                id: id(0xff),
-                offset: 500,
-                crc32: 9,
-            },
+            IndexEntry { id: id(0x42), offset: 12, crc32: 7 },
+            IndexEntry { id: id(0x01), offset: 0x1_2345_6789, crc32: 8 },
+            IndexEntry { id: id(0xff), offset: 500, crc32: 9 },
         ];
         let bytes = encode_v2(entries, id(0xaa)).unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -106,10 +91,7 @@ mod tests {
         assert_eq!(index.crc32_at_index(at(0xff)), Some(9));
         assert_eq!(index.oid_at_index(0).to_owned(), id(0x01));
         index
-            .verify_checksum(
-                &mut gix::progress::Discard,
-                &std::sync::atomic::AtomicBool::new(false),
-            )
+            .verify_checksum(&mut gix::progress::Discard, &std::sync::atomic::AtomicBool::new(false))
             .expect("the index's own checksum verifies");
     }
 }

@@ -32,10 +32,7 @@ impl<W: Write> PackWriter<W> {
             index: Vec::with_capacity(num_entries as usize),
             declared: num_entries,
         };
-        writer.emit(&gix_pack::data::header::encode(
-            gix_pack::data::Version::V2,
-            num_entries,
-        ))?;
+        writer.emit(&gix_pack::data::header::encode(gix_pack::data::Version::V2, num_entries))?;
         Ok(writer)
     }
 
@@ -69,10 +66,7 @@ impl<W: Write> PackWriter<W> {
             }
         });
         if missing_base {
-            bail!(
-                "object {} is a delta against an object that is missing",
-                entry.id
-            );
+            bail!("object {} is a delta against an object that is missing", entry.id);
         }
         let mut header = Vec::with_capacity(32);
         encoded.write_to(entry.decompressed_size as u64, &mut header)?;
@@ -82,11 +76,7 @@ impl<W: Write> PackWriter<W> {
         self.emit(&header)?;
         self.emit(&entry.compressed_data)?;
         self.offsets.push(Some(offset));
-        self.index.push(IndexEntry {
-            id: entry.id,
-            offset,
-            crc32: crc.finalize(),
-        });
+        self.index.push(IndexEntry { id: entry.id, offset, crc32: crc.finalize() });
         Ok(())
     }
 
@@ -94,19 +84,10 @@ impl<W: Write> PackWriter<W> {
     /// the output.
     pub fn finish(mut self) -> Result<(ObjectId, Vec<IndexEntry>, W)> {
         if self.index.len() != self.declared as usize {
-            bail!(
-                "the pack header declares {} objects but {} were written",
-                self.declared,
-                self.index.len()
-            );
+            bail!("the pack header declares {} objects but {} were written", self.declared, self.index.len());
         }
-        let checksum = self
-            .hasher
-            .try_finalize()
-            .map_err(|e| anyhow!("hashing the pack: {e}"))?;
-        self.out
-            .write_all(checksum.as_bytes())
-            .context("writing pack data")?;
+        let checksum = self.hasher.try_finalize().map_err(|e| anyhow!("hashing the pack: {e}"))?;
+        self.out.write_all(checksum.as_bytes()).context("writing pack data")?;
         self.out.flush().context("writing pack data")?;
         Ok((checksum, self.index, self.out))
     }

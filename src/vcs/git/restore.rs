@@ -22,22 +22,15 @@ use crate::{
 /// directory that must not exist yet.
 pub fn build(store: &Store, chain: &[StoredSnapshot], target: &Path) -> Result<()> {
     let last = &chain.last().context("empty snapshot chain")?.snapshot;
-    gix::init_bare(target)
-        .map_err(|e| anyhow!("{e}"))
-        .with_context(|| format!("creating {}", target.display()))?;
+    gix::init_bare(target).map_err(|e| anyhow!("{e}")).with_context(|| format!("creating {}", target.display()))?;
     let pack_dir = target.join("objects/pack");
     for link in chain {
         for pack in &link.snapshot.packs {
             let base = pack_dir.join(format!("pack-{}", pack.checksum));
-            copy_stream(store, &pack.pack, &base.with_extension("pack")).with_context(|| {
-                format!("snapshot {}: restoring pack {}", link.id, pack.checksum)
-            })?;
-            copy_stream(store, &pack.index, &base.with_extension("idx")).with_context(|| {
-                format!(
-                    "snapshot {}: restoring pack index {}",
-                    link.id, pack.checksum
-                )
-            })?;
+            copy_stream(store, &pack.pack, &base.with_extension("pack"))
+                .with_context(|| format!("snapshot {}: restoring pack {}", link.id, pack.checksum))?;
+            copy_stream(store, &pack.index, &base.with_extension("idx"))
+                .with_context(|| format!("snapshot {}: restoring pack index {}", link.id, pack.checksum))?;
         }
     }
     write_refs(target, last)?;
@@ -45,16 +38,11 @@ pub fn build(store: &Store, chain: &[StoredSnapshot], target: &Path) -> Result<(
 }
 
 fn copy_stream(store: &Store, list: &ChunkList, path: &Path) -> Result<()> {
-    let mut file =
-        fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut file = fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let copied = std::io::copy(&mut ChunkReader::new(store, list), &mut file)
         .with_context(|| format!("writing {}", path.display()))?;
     if copied != list.size {
-        anyhow::bail!(
-            "{}: stored stream has {copied} bytes, its manifest says {}",
-            path.display(),
-            list.size
-        );
+        anyhow::bail!("{}: stored stream has {copied} bytes, its manifest says {}", path.display(), list.size);
     }
     file.flush()?;
     file.sync_all()?;
@@ -62,8 +50,7 @@ fn copy_stream(store: &Store, list: &ChunkList, path: &Path) -> Result<()> {
 }
 
 fn full_name(name: &str) -> Result<FullName> {
-    FullName::try_from(name)
-        .map_err(|e| anyhow!("ref name {name:?} in the snapshot is invalid: {e}"))
+    FullName::try_from(name).map_err(|e| anyhow!("ref name {name:?} in the snapshot is invalid: {e}"))
 }
 
 fn update(name: &str, new: Target) -> Result<RefEdit> {
@@ -88,8 +75,7 @@ fn write_refs(target: &Path, snapshot: &Snapshot) -> Result<()> {
         .with_context(|| format!("opening the restored repository {}", target.display()))?;
     let mut edits = Vec::new();
     for (name, id) in &snapshot.refs {
-        let id = gix::ObjectId::from_hex(id.as_bytes())
-            .map_err(|e| anyhow!("ref {name}: bad object id {id}: {e}"))?;
+        let id = gix::ObjectId::from_hex(id.as_bytes()).map_err(|e| anyhow!("ref {name}: bad object id {id}: {e}"))?;
         edits.push(update(name, Target::Object(id))?);
     }
     for (name, to) in &snapshot.symbolic_refs {
@@ -97,8 +83,7 @@ fn write_refs(target: &Path, snapshot: &Snapshot) -> Result<()> {
     }
     match (&snapshot.head, &snapshot.head_detached) {
         (_, Some(id)) => {
-            let id = gix::ObjectId::from_hex(id.as_bytes())
-                .map_err(|e| anyhow!("HEAD: bad object id {id}: {e}"))?;
+            let id = gix::ObjectId::from_hex(id.as_bytes()).map_err(|e| anyhow!("HEAD: bad object id {id}: {e}"))?;
             edits.push(update("HEAD", Target::Object(id))?);
         }
         (Some(head), None) => edits.push(update("HEAD", Target::Symbolic(full_name(head)?))?),

@@ -36,12 +36,7 @@ pub fn open(path: &Path) -> Result<gix::Repository> {
     options = options.strict_config(false);
     let repo = gix::open_opts(path, options)
         .map_err(|e| anyhow!("{e}"))
-        .with_context(|| {
-            format!(
-                "{} is not a git repository that can be opened",
-                path.display()
-            )
-        })?;
+        .with_context(|| format!("{} is not a git repository that can be opened", path.display()))?;
     let config = repo.config_snapshot();
     if let Some(storage) = config.string("extensions.refStorage")
         && storage.as_bytes() != b"files"
@@ -60,10 +55,7 @@ pub fn open(path: &Path) -> Result<gix::Repository> {
         );
     }
     if repo.is_shallow().map_err(|e| anyhow!("{e}"))? {
-        bail!(
-            "{}: shallow repository: its history is incomplete by design, refusing to back it up",
-            path.display()
-        );
+        bail!("{}: shallow repository: its history is incomplete by design, refusing to back it up", path.display());
     }
     Ok(repo)
 }
@@ -82,29 +74,18 @@ fn has_promisor_pack(git_dir: &Path) -> Result<bool> {
 }
 
 fn ref_name(name: &gix::refs::FullNameRef) -> Result<String> {
-    name.as_bstr().to_str().map(str::to_owned).map_err(|_| {
-        anyhow!(
-            "ref name {:?} is not valid UTF-8; such refs are not supported",
-            name.as_bstr()
-        )
-    })
+    name.as_bstr()
+        .to_str()
+        .map(str::to_owned)
+        .map_err(|_| anyhow!("ref name {:?} is not valid UTF-8; such refs are not supported", name.as_bstr()))
 }
 
 /// Reads every ref and HEAD.
 pub fn read_refs(repo: &gix::Repository) -> Result<RefState> {
     let mut state = RefState::default();
-    let platform = repo
-        .references()
-        .map_err(|e| anyhow!("{e}"))
-        .context("listing refs")?;
-    for reference in platform
-        .all()
-        .map_err(|e| anyhow!("{e}"))
-        .context("listing refs")?
-    {
-        let reference = reference
-            .map_err(|e| anyhow!("{e}"))
-            .context("reading a ref")?;
+    let platform = repo.references().map_err(|e| anyhow!("{e}")).context("listing refs")?;
+    for reference in platform.all().map_err(|e| anyhow!("{e}")).context("listing refs")? {
+        let reference = reference.map_err(|e| anyhow!("{e}")).context("reading a ref")?;
         let name = ref_name(reference.name())?;
         match reference.target() {
             gix::refs::TargetRef::Object(id) => {
@@ -115,14 +96,9 @@ pub fn read_refs(repo: &gix::Repository) -> Result<RefState> {
             }
         }
     }
-    let head = repo
-        .head()
-        .map_err(|e| anyhow!("{e}"))
-        .context("reading HEAD")?;
+    let head = repo.head().map_err(|e| anyhow!("{e}")).context("reading HEAD")?;
     match head.kind {
-        gix::head::Kind::Symbolic(reference) => {
-            state.head = Some(ref_name(reference.name.as_ref())?)
-        }
+        gix::head::Kind::Symbolic(reference) => state.head = Some(ref_name(reference.name.as_ref())?),
         gix::head::Kind::Unborn(name) => state.head = Some(ref_name(name.as_ref())?),
         gix::head::Kind::Detached { target, .. } => state.head_detached = Some(target),
     }
@@ -150,11 +126,7 @@ pub fn git_dir_of(path: &Path) -> PathBuf {
         && let Some(target) = text.trim().strip_prefix("gitdir:")
     {
         let target = Path::new(target.trim());
-        return if target.is_absolute() {
-            target.to_owned()
-        } else {
-            path.join(target)
-        };
+        return if target.is_absolute() { target.to_owned() } else { path.join(target) };
     }
     path.to_owned()
 }
@@ -163,26 +135,17 @@ pub fn git_dir_of(path: &Path) -> PathBuf {
 /// loose ref changes only its directory).
 pub fn refs_stat(git_dir: &Path) -> RefsStat {
     let mut files = vec![git_dir.join("HEAD"), git_dir.join("packed-refs")];
-    let walk = walkdir::WalkDir::new(git_dir.join("refs"))
-        .follow_links(false)
-        .sort_by_file_name();
+    let walk = walkdir::WalkDir::new(git_dir.join("refs")).follow_links(false).sort_by_file_name();
     files.extend(walk.into_iter().flatten().map(walkdir::DirEntry::into_path));
     let mut hasher = blake3::Hasher::new();
     let mut newest = SystemTime::UNIX_EPOCH;
     for file in &files {
-        hasher.update(
-            file.strip_prefix(git_dir)
-                .unwrap_or(file)
-                .as_os_str()
-                .as_encoded_bytes(),
-        );
+        hasher.update(file.strip_prefix(git_dir).unwrap_or(file).as_os_str().as_encoded_bytes());
         match std::fs::symlink_metadata(file) {
             Ok(meta) => {
                 let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
                 newest = newest.max(modified);
-                let nanos = modified
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos());
+                let nanos = modified.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
                 hasher.update(&meta.len().to_le_bytes());
                 hasher.update(&nanos.to_le_bytes());
             }
@@ -192,8 +155,5 @@ pub fn refs_stat(git_dir: &Path) -> RefsStat {
         }
         hasher.update(b"\0");
     }
-    RefsStat {
-        fingerprint: hasher.finalize().to_hex().to_string(),
-        changed_at: newest.into(),
-    }
+    RefsStat { fingerprint: hasher.finalize().to_hex().to_string(), changed_at: newest.into() }
 }
