@@ -36,32 +36,48 @@ pub struct Planned {
     pub plan: Plan,
 }
 
+/// Threads that plan at once. Planning is a few `stat` calls and one small read per
+/// repository: bound by file-system latency, which on NFS is worth overlapping.
+const PLAN_THREADS: usize = 4;
+
 /// Compares each candidate's ref fingerprint with its latest snapshot's; reads no objects.
 pub fn plan(store: &Store, candidates: Vec<Candidate>) -> Result<Vec<Planned>> {
-    let mut planned = Vec::with_capacity(candidates.len());
-    for candidate in candidates {
-        let plan = match candidate.vcs {
-            Vcs::Hg => Plan::Unsupported("Mercurial repositories are found but not yet backed up".into()),
-            Vcs::Git => match store.latest_snapshot(&candidate.name)? {
-                None => Plan::Backup { waiting_since: None },
-                Some(latest) => {
-                    let now = git::source::refs_stat(&git::source::git_dir_of(&candidate.path));
-                    if latest.snapshot.source_fingerprint.as_deref() == Some(now.fingerprint.as_str()) {
-                        Plan::Unchanged
-                    } else {
-                        Plan::Backup { waiting_since: Some(latest.snapshot.created_at) }
-                    }
-                }
-            },
-        };
-        planned.push(Planned { candidate, plan });
-    }
+    let chunk = candidates.len().div_ceil(PLAN_THREADS).max(1);
+    let mut planned = std::thread::scope(|scope| {
+        let workers: Vec<_> = candidates
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(|c| plan_one(store, c)).collect::<Result<Vec<_>>>()))
+            .collect();
+        let mut planned = Vec::with_capacity(candidates.len());
+        for worker in workers {
+            planned.extend(worker.join().map_err(|_| anyhow::anyhow!("planning thread panicked"))??);
+        }
+        Ok::<_, anyhow::Error>(planned)
+    })?;
     // Longest-waiting first: never backed up, then the oldest latest snapshot.
     planned.sort_by_key(|p| match p.plan {
         Plan::Backup { waiting_since } => (0, waiting_since),
         _ => (1, None),
     });
     Ok(planned)
+}
+
+fn plan_one(store: &Store, candidate: &Candidate) -> Result<Planned> {
+    let plan = match candidate.vcs {
+        Vcs::Hg => Plan::Unsupported("Mercurial repositories are found but not yet backed up".into()),
+        Vcs::Git => match store.latest_snapshot(&candidate.name)? {
+            None => Plan::Backup { waiting_since: None },
+            Some(latest) => {
+                let now = git::source::refs_stat(&git::source::git_dir_of(&candidate.path));
+                if latest.snapshot.source_fingerprint.as_deref() == Some(now.fingerprint.as_str()) {
+                    Plan::Unchanged
+                } else {
+                    Plan::Backup { waiting_since: Some(latest.snapshot.created_at) }
+                }
+            }
+        },
+    };
+    Ok(Planned { candidate: candidate.clone(), plan })
 }
 
 /// Repositories with snapshots that the feed no longer lists: deleted at the source. Their
