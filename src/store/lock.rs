@@ -8,10 +8,7 @@
 //! it stale cannot both take over.
 
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::mpsc::{self, RecvTimeoutError},
     thread::JoinHandle,
     time::{Duration, SystemTime},
 };
@@ -54,7 +51,8 @@ pub struct RunLock<'a> {
     store: &'a Store,
     /// What we wrote into the lock file.
     content: Vec<u8>,
-    stop: Arc<AtomicBool>,
+    /// Dropping it wakes the heartbeat thread at once to end.
+    stop: Option<mpsc::Sender<()>>,
     heartbeat: Option<JoinHandle<()>>,
 }
 
@@ -132,30 +130,23 @@ impl Store {
     }
 
     fn start_heartbeat(&self, content: Vec<u8>) -> RunLock<'_> {
-        let stop = Arc::new(AtomicBool::new(false));
+        let (stop, stopped) = mpsc::channel::<()>();
         let location = self.location();
         let backend = self.backend.clone();
-        let flag = stop.clone();
         let heartbeat = std::thread::spawn(move || {
-            let mut waited = Duration::ZERO;
-            while !flag.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(200));
-                waited += Duration::from_millis(200);
-                if waited >= HEARTBEAT {
-                    waited = Duration::ZERO;
-                    if let Err(e) = backend.touch(RUN_LOCK) {
-                        tracing::warn!(store = location, error = %e, "cannot refresh the run lock");
-                    }
+            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(HEARTBEAT) {
+                if let Err(e) = backend.touch(RUN_LOCK) {
+                    tracing::warn!(store = location, error = %e, "cannot refresh the run lock");
                 }
             }
         });
-        RunLock { store: self, stop, heartbeat: Some(heartbeat), content }
+        RunLock { store: self, stop: Some(stop), heartbeat: Some(heartbeat), content }
     }
 }
 
 impl Drop for RunLock<'_> {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        drop(self.stop.take());
         if let Some(handle) = self.heartbeat.take() {
             let _ = handle.join();
         }
