@@ -114,7 +114,8 @@ pub fn run(ctx: &Context, args: &RunArgs) -> Result<Outcome> {
                 backed_up += 1;
                 bytes_read += report.bytes_read;
                 bytes_stored += report.bytes_stored;
-                progress.set_message(format!("{} read", human_bytes(bytes_read)));
+                let rate = bytes_read as f64 / started.elapsed().as_secs_f64().max(0.001);
+                progress.set_message(format!("{} read, {}/s", human_bytes(bytes_read), human_bytes(rate as u64)));
                 tracing::info!(
                     repo = result.name,
                     result = "backed_up",
@@ -170,7 +171,7 @@ fn progress_bar(ctx: &Context, total: u64) -> indicatif::ProgressBar {
     }
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} repositories  {msg}  {per_sec}  ETA {eta}")
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} repositories  {msg}  ETA {eta}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar.enable_steady_tick(Duration::from_millis(250));
