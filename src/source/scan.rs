@@ -34,34 +34,66 @@ fn kind_of(dir: &Path) -> Option<Vcs> {
     }
 }
 
+/// Threads that walk at once: the walk is `stat` and `readdir` calls, bound by file-system
+/// latency, which on NFS is worth overlapping.
+const WALK_THREADS: usize = 4;
+
 /// Walks `root` and lists the repositories under it, sorted by name.
 pub fn scan(root: &Path) -> Result<ScanResult> {
     let meta = std::fs::metadata(root).with_context(|| format!("scan root {}", root.display()))?;
     anyhow::ensure!(meta.is_dir(), "scan root {} is not a directory", root.display());
+    if kind_of(root).is_some() {
+        let reason = "the scan root itself is a repository; scan its parent".to_owned();
+        return Ok(ScanResult { repositories: Vec::new(), rejected: vec![Rejected { path: root.to_owned(), reason }] });
+    }
+    // The root's entries are walked in parallel, each subtree by one thread.
+    let mut tops: Vec<PathBuf> = std::fs::read_dir(root)
+        .with_context(|| format!("scan root {}", root.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .collect();
+    tops.sort();
+    let chunk = tops.len().div_ceil(WALK_THREADS).max(1);
+    let parts = std::thread::scope(|scope| {
+        let workers: Vec<_> = tops.chunks(chunk).map(|part| scope.spawn(move || walk_subtrees(root, part))).collect();
+        workers.into_iter().map(|w| w.join().unwrap_or_default()).collect::<Vec<_>>()
+    });
     let mut result = ScanResult::default();
-    let mut walk = WalkDir::new(root).follow_links(false).into_iter();
-    while let Some(entry) = walk.next() {
-        let entry = match entry {
-            Ok(entry) => entry,
-            Err(e) => {
-                let path = e.path().map(Path::to_owned).unwrap_or_else(|| root.to_owned());
-                result.rejected.push(Rejected { path, reason: format!("cannot read: {e}") });
-                continue;
-            }
-        };
-        if !entry.file_type().is_dir() {
-            continue;
-        }
-        let dir = entry.path();
-        let Some(vcs) = kind_of(dir) else { continue };
-        walk.skip_current_dir();
-        match name_of(root, dir) {
-            Ok(name) => result.repositories.push(Candidate { name, path: dir.to_owned(), vcs }),
-            Err(reason) => result.rejected.push(Rejected { path: dir.to_owned(), reason }),
-        }
+    for part in parts {
+        result.repositories.extend(part.repositories);
+        result.rejected.extend(part.rejected);
     }
     result.repositories.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(result)
+}
+
+fn walk_subtrees(root: &Path, tops: &[PathBuf]) -> ScanResult {
+    let mut result = ScanResult::default();
+    for top in tops {
+        let mut walk = WalkDir::new(top).follow_links(false).into_iter();
+        while let Some(entry) = walk.next() {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) => {
+                    let path = e.path().map(Path::to_owned).unwrap_or_else(|| top.to_owned());
+                    result.rejected.push(Rejected { path, reason: format!("cannot read: {e}") });
+                    continue;
+                }
+            };
+            if !entry.file_type().is_dir() {
+                continue;
+            }
+            let dir = entry.path();
+            let Some(vcs) = kind_of(dir) else { continue };
+            walk.skip_current_dir();
+            match name_of(root, dir) {
+                Ok(name) => result.repositories.push(Candidate { name, path: dir.to_owned(), vcs }),
+                Err(reason) => result.rejected.push(Rejected { path: dir.to_owned(), reason }),
+            }
+        }
+    }
+    result
 }
 
 fn name_of(root: &Path, dir: &Path) -> std::result::Result<String, String> {
