@@ -24,8 +24,9 @@ fn is_bare_git(dir: &Path) -> bool {
     dir.join("HEAD").is_file() && dir.join("objects").is_dir() && dir.join("refs").is_dir()
 }
 
+/// Bare repositories are tested first: on a forge's disk nearly every repository is one.
 fn kind_of(dir: &Path) -> Option<Vcs> {
-    if dir.join(".git").exists() || is_bare_git(dir) {
+    if is_bare_git(dir) || dir.join(".git").exists() {
         Some(Vcs::Git)
     } else if dir.join(".hg").is_dir() {
         Some(Vcs::Hg)

@@ -116,19 +116,24 @@ pub struct RefsStat {
 }
 
 /// The git directory of a repository path: itself when bare, its `.git` directory, or where
-/// a `.git` file (`gitdir: ...`) points.
+/// a `.git` file (`gitdir: ...`) points. One `stat` for the common cases: planning calls
+/// this for every repository of the forge each night.
 pub fn git_dir_of(path: &Path) -> PathBuf {
     let dot_git = path.join(".git");
-    if dot_git.is_dir() {
-        return dot_git;
+    match std::fs::symlink_metadata(&dot_git) {
+        Ok(meta) if meta.is_dir() => dot_git,
+        Ok(_) => match std::fs::read_to_string(&dot_git) {
+            Ok(text) => match text.trim().strip_prefix("gitdir:") {
+                Some(target) => {
+                    let target = Path::new(target.trim());
+                    if target.is_absolute() { target.to_owned() } else { path.join(target) }
+                }
+                None => path.to_owned(),
+            },
+            Err(_) => path.to_owned(),
+        },
+        Err(_) => path.to_owned(),
     }
-    if let Ok(text) = std::fs::read_to_string(&dot_git)
-        && let Some(target) = text.trim().strip_prefix("gitdir:")
-    {
-        let target = Path::new(target.trim());
-        return if target.is_absolute() { target.to_owned() } else { path.join(target) };
-    }
-    path.to_owned()
 }
 
 /// Stats HEAD, packed-refs, every loose ref and the directories holding them (deleting a
