@@ -8,6 +8,7 @@ pub mod backup;
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod memory;
 pub mod name;
 pub mod scheduler;
 pub mod snapshot;

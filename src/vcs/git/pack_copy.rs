@@ -26,7 +26,10 @@ pub struct SourcePack {
     data: std::fs::File,
     /// Where entries end: the pack's length less its trailing checksum.
     pack_end: u64,
-    by_offset: Vec<(u64, ObjectId)>,
+    /// Every entry's offset, ascending, and beside it the entry's position in the index.
+    /// Twelve bytes an object: a full backup holds this for every object of the source.
+    offsets: Vec<u64>,
+    index_positions: Vec<u32>,
 }
 
 /// Pack data read ahead of the entries being copied, which come in offset order.
@@ -38,12 +41,15 @@ struct Window {
 
 const WINDOW: usize = 8 << 20;
 
+/// In the per-entry map of where source entries went: not (yet) written.
+const NOT_WRITTEN: u32 = u32::MAX;
+
 impl SourcePack {
-    /// The bytes of the entry at `offset` (header and compressed data).
-    fn entry_bytes<'w>(&self, offset: u64, window: &'w mut Window) -> std::io::Result<&'w [u8]> {
+    /// The bytes of the entry at position `at` in offset order (header and compressed data).
+    fn entry_bytes<'w>(&self, at: usize, window: &'w mut Window) -> std::io::Result<&'w [u8]> {
         use std::os::unix::fs::FileExt;
-        let next = self.by_offset.partition_point(|&(o, _)| o <= offset);
-        let end = self.by_offset.get(next).map_or(self.pack_end, |&(o, _)| o);
+        let offset = self.offsets[at];
+        let end = self.offsets.get(at + 1).copied().unwrap_or(self.pack_end);
         if end < offset || end > self.pack_end {
             return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "entry out of bounds"));
         }
@@ -57,9 +63,15 @@ impl SourcePack {
         Ok(&window.bytes[at..at + len])
     }
 
-    fn id_at(&self, offset: u64) -> Option<ObjectId> {
-        let at = self.by_offset.binary_search_by_key(&offset, |&(o, _)| o).ok()?;
-        Some(self.by_offset[at].1)
+    /// The position in offset order of the entry at `offset`.
+    fn position_of_offset(&self, offset: u64) -> Option<usize> {
+        self.offsets.binary_search(&offset).ok()
+    }
+
+    /// The position in offset order of object `id`, if this pack holds it.
+    fn position_of(&self, id: &gix::oid) -> Option<usize> {
+        let at = self.index.lookup(id)?;
+        self.position_of_offset(self.index.pack_offset_at_index(at))
     }
 }
 
@@ -97,9 +109,11 @@ pub fn source_packs(objects_dir: &Path, object_hash: gix::hash::Kind) -> Result<
                 continue;
             };
             let pack_end = data.metadata()?.len().saturating_sub(object_hash.len_in_bytes() as u64);
-            let mut by_offset: Vec<(u64, ObjectId)> = index.iter().map(|e| (e.pack_offset, e.oid)).collect();
+            let mut by_offset: Vec<(u64, u32)> =
+                (0..index.num_objects()).map(|at| (index.pack_offset_at_index(at), at)).collect();
             by_offset.sort_unstable();
-            packs.push(SourcePack { index, data_path, data, pack_end, by_offset });
+            let (offsets, index_positions) = by_offset.into_iter().unzip();
+            packs.push(SourcePack { index, data_path, data, pack_end, offsets, index_positions });
         }
     }
     Ok(packs)
@@ -113,29 +127,34 @@ pub fn write_objects<W: Write>(
     ids: &[ObjectId],
     writer: &mut PackWriter<W>,
 ) -> Result<()> {
-    // Where each object is copied from: the first pack holding it, in offset order.
-    let mut per_pack: Vec<Vec<(u64, u32, ObjectId)>> = vec![Vec::new(); packs.len()];
+    // Where each object is copied from: the first pack holding it, in offset order. Positions
+    // rather than ids and offsets keep this at four bytes an object.
+    let mut per_pack: Vec<Vec<u32>> = vec![Vec::new(); packs.len()];
     let mut unpacked = Vec::new();
     'ids: for id in ids {
         for (p, pack) in packs.iter().enumerate() {
-            if let Some(at) = pack.index.lookup(id.as_ref()) {
-                per_pack[p].push((pack.index.pack_offset_at_index(at), at, *id));
+            if let Some(at) = pack.position_of(id) {
+                per_pack[p].push(at as u32);
                 continue 'ids;
             }
         }
         unpacked.push(*id);
     }
-    let mut written: gix::hashtable::HashMap<ObjectId, usize> = gix::hashtable::HashMap::default();
-    written.reserve(ids.len());
     let mut buf = Vec::new();
     for (pack, mut entries) in packs.iter().zip(per_pack) {
         entries.sort_unstable();
+        // Per entry of the source pack: where it went in ours, for deltas against it.
+        let mut written = vec![NOT_WRITTEN; pack.offsets.len()];
         let mut window = Window::default();
-        for (offset, at, id) in entries {
+        for at in entries {
+            let at = at as usize;
+            let offset = pack.offsets[at];
+            let index_at = pack.index_positions[at];
+            let id = pack.index.oid_at_index(index_at).to_owned();
             let raw = pack
-                .entry_bytes(offset, &mut window)
+                .entry_bytes(at, &mut window)
                 .with_context(|| format!("object {id}: reading {}", pack.data_path.display()))?;
-            if pack.index.crc32_at_index(at).is_some_and(|crc| crc != crc32fast::hash(raw)) {
+            if pack.index.crc32_at_index(index_at).is_some_and(|crc| crc != crc32fast::hash(raw)) {
                 bail!(
                     "object {id} is corrupt in the source: its data in {} does not match the CRC32 its index records",
                     pack.data_path.display()
@@ -146,22 +165,23 @@ pub fn write_objects<W: Write>(
             let base = match entry.header {
                 Header::Commit | Header::Tree | Header::Blob | Header::Tag => None,
                 Header::OfsDelta { base_distance } => {
-                    Some(offset.checked_sub(base_distance).and_then(|o| pack.id_at(o)))
+                    Some(offset.checked_sub(base_distance).and_then(|o| pack.position_of_offset(o)))
                 }
-                Header::RefDelta { base_id } => Some(Some(base_id)),
+                Header::RefDelta { base_id } => Some(pack.position_of(&base_id)),
             };
+            let position = u32::try_from(writer.position()).context("more than 2^32 objects in one pack")?;
             let kind = match base {
                 None => output::entry::Kind::Base(entry.header.as_kind().expect("base objects have a kind")),
-                Some(base) => match base.and_then(|b| written.get(&b).copied()) {
-                    Some(object_index) => output::entry::Kind::DeltaRef { object_index },
+                Some(base) => match base.map(|b| written[b]).filter(|&w| w != NOT_WRITTEN) {
+                    Some(object_index) => output::entry::Kind::DeltaRef { object_index: object_index as usize },
                     None => {
-                        written.insert(id, writer.position());
+                        written[at] = position;
                         writer.write_entry(whole_object(find, id, &mut buf)?)?;
                         continue;
                     }
                 },
             };
-            written.insert(id, writer.position());
+            written[at] = position;
             writer.write_entry(output::Entry {
                 id,
                 kind,
