@@ -41,6 +41,7 @@ pub trait Backend: Send + Sync {
     /// A file's modification time.
     fn modified(&self, path: &str) -> io::Result<std::time::SystemTime>;
 
-    /// Creates a directory (and its parents) durably; existing is fine.
+    /// Creates a directory durably; existing is fine. Its parent must exist: a missing one
+    /// means the store is gone, and is an error.
     fn create_dir(&self, dir: &str) -> io::Result<()>;
 }

@@ -167,7 +167,14 @@ impl Backend for LocalBackend {
         if full.is_dir() {
             return Ok(());
         }
-        fs::create_dir_all(&full)?;
+        // Only the last component: if the store itself went away (an NFS mount that
+        // dropped), re-creating its skeleton here would let a backup write where the store
+        // used to be. A missing parent is an error instead.
+        match fs::create_dir(&full) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && full.is_dir() => return Ok(()),
+            Err(e) => return Err(e),
+        }
         sync_dir(&full)?;
         if let Some(parent) = full.parent() {
             sync_dir(parent)?;
