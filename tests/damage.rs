@@ -74,13 +74,37 @@ fn assert_backup_fails_naming(env: &Env, repo: &Path, object: &str) {
     assert_eq!(snapshot_count(&env.path("store")), 0);
 }
 
+/// A first snapshot of a source with a reachability bitmap is counted by `git rev-list`
+/// (see `bitmap_count`); an object missing from it fails all the same, naming the object.
+#[test]
+fn missing_object_in_a_source_with_a_bitmap_fails_naming_it() {
+    let env = Env::new();
+    env.init_store();
+    let repo = new_repo(&env.path("src"));
+    commit_file(&repo, "keep", "keep\n", "one");
+    git(&repo, &["repack", "-q", "-a", "-d", "--write-bitmap-index"]);
+    commit_file(&repo, "lost", "this blob will vanish\n", "two");
+    let blob = git(&repo, &["rev-parse", "HEAD:lost"]).trim().to_owned();
+    std::fs::remove_file(loose_object_path(&repo, &blob)).unwrap();
+    assert_backup_fails_naming(&env, &repo, &blob);
+}
+
 #[test]
 fn corrupt_packed_object_fails_and_records_nothing() {
+    corrupt_packed_object_case(&["gc", "-q"]);
+}
+
+#[test]
+fn corrupt_packed_object_with_a_bitmap_fails_and_records_nothing() {
+    corrupt_packed_object_case(&["repack", "-q", "-a", "-d", "--write-bitmap-index"]);
+}
+
+fn corrupt_packed_object_case(pack_with: &[&str]) {
     let env = Env::new();
     env.init_store();
     let repo = new_repo(&env.path("src"));
     commit_file(&repo, "a", &"some long enough content to find in the pack\n".repeat(50), "one");
-    git(&repo, &["gc", "-q"]);
+    git(&repo, pack_with);
     let blob = git(&repo, &["rev-parse", "HEAD:a"]).trim().to_owned();
     let pack = files_under(&git_dir(&repo).join("objects/pack"))
         .into_iter()

@@ -39,6 +39,45 @@ fn every_kind_of_ref_round_trips() {
     assert_eq!(git(&dest, &["cat-file", "-p", "tree-tag"]).lines().next().unwrap(), format!("object {tree}"));
 }
 
+/// With a reachability bitmap, a first snapshot is counted by `git rev-list` from the
+/// bitmap (see `bitmap_count`): refs of every kind, and objects the bitmap does not cover
+/// (committed after the repack), must all be in it.
+#[test]
+fn source_with_a_bitmap_is_counted_from_it_and_round_trips() {
+    let env = Env::new();
+    env.init_store();
+    let repo = new_repo(&env.path("src"));
+    commit_file(&repo, "a.txt", "one\n", "first");
+    git(&repo, &["checkout", "-q", "-b", "feature"]);
+    commit_file(&repo, "b/c.txt", "feature\n", "feature work");
+    git(&repo, &["checkout", "-q", "main"]);
+    git(&repo, &["merge", "-q", "--no-ff", "-m", "merge feature", "feature"]);
+    git(&repo, &["tag", "-a", "v1.0", "-m", "release 1.0"]);
+    let tree = git(&repo, &["rev-parse", "HEAD^{tree}"]).trim().to_owned();
+    git(&repo, &["tag", "-a", "tree-tag", "-m", "a tree", &tree]);
+    let blob = git(&repo, &["rev-parse", "HEAD:a.txt"]).trim().to_owned();
+    git(&repo, &["tag", "blob-light", &blob]);
+    git(&repo, &["notes", "add", "-m", "a note", "HEAD"]);
+    git(&repo, &["repack", "-q", "-a", "-d", "--write-bitmap-index"]);
+    let packs = files_under(&git_dir(&repo).join("objects/pack"));
+    assert!(packs.iter().any(|p| p.extension().is_some_and(|e| e == "bitmap")), "{packs:?}");
+    // After the repack: loose objects outside the bitmap, reachable from a new branch.
+    git(&repo, &["checkout", "-q", "-b", "after-repack"]);
+    commit_file(&repo, "d.txt", "new after the repack\n", "loose commit");
+    git(&repo, &["checkout", "-q", "main"]);
+
+    let out = env.rv(&["-vv", "backup", &repo.to_string_lossy()]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stderr(&out).contains("counted objects with the reachability bitmap"), "{}", stderr(&out));
+    let dest = env.path("restored.git");
+    env.restore("src", &dest, None);
+    assert_eq!(ref_state(&dest), ref_state(&repo));
+    fsck(&dest);
+    assert_eq!(git(&dest, &["notes", "show", "main"]), "a note\n");
+    assert_eq!(git(&dest, &["show", "after-repack:d.txt"]), "new after the repack\n");
+    assert_eq!(code(&env.rv(&["verify", "--deep"])), 0);
+}
+
 #[test]
 fn empty_repository_round_trips() {
     let env = Env::new();

@@ -7,6 +7,7 @@
 //! - `connectivity`: checking that every object reachable from every ref is present.
 
 pub mod backup;
+pub mod bitmap_count;
 pub mod connectivity;
 pub mod pack_copy;
 pub mod pack_index;

@@ -30,6 +30,8 @@ pub struct SourcePack {
     /// Twelve bytes an object: a full backup holds this for every object of the source.
     offsets: Vec<u64>,
     index_positions: Vec<u32>,
+    /// The inverse: for each position in the index, the entry's position in offset order.
+    offset_positions: Vec<u32>,
 }
 
 /// Pack data read ahead of the entries being copied, which come in offset order.
@@ -112,8 +114,12 @@ pub fn source_packs(objects_dir: &Path, object_hash: gix::hash::Kind) -> Result<
             let mut by_offset: Vec<(u64, u32)> =
                 (0..index.num_objects()).map(|at| (index.pack_offset_at_index(at), at)).collect();
             by_offset.sort_unstable();
-            let (offsets, index_positions) = by_offset.into_iter().unzip();
-            packs.push(SourcePack { index, data_path, data, pack_end, offsets, index_positions });
+            let (offsets, index_positions): (Vec<u64>, Vec<u32>) = by_offset.into_iter().unzip();
+            let mut offset_positions = vec![0u32; index_positions.len()];
+            for (position, &at) in index_positions.iter().enumerate() {
+                offset_positions[at as usize] = position as u32;
+            }
+            packs.push(SourcePack { index, data_path, data, pack_end, offsets, index_positions, offset_positions });
         }
     }
     Ok(packs)
@@ -127,19 +133,31 @@ pub fn write_objects<W: Write>(
     ids: &[ObjectId],
     writer: &mut PackWriter<W>,
 ) -> Result<()> {
-    // Where each object is copied from: the first pack holding it, in offset order. Positions
-    // rather than ids and offsets keep this at four bytes an object.
+    // Where each object is copied from: the first pack holding it, in offset order. The ids
+    // are sorted and walked beside each index (sorted too) rather than looked up one by one:
+    // a full backup asks for every object, and 715k binary searches cost more than a merge.
+    // Positions rather than ids and offsets keep this at four bytes an object.
     let mut per_pack: Vec<Vec<u32>> = vec![Vec::new(); packs.len()];
-    let mut unpacked = Vec::new();
-    'ids: for id in ids {
-        for (p, pack) in packs.iter().enumerate() {
-            if let Some(at) = pack.position_of(id) {
-                per_pack[p].push(at as u32);
-                continue 'ids;
+    let mut remaining: Vec<ObjectId> = ids.to_vec();
+    remaining.sort_unstable();
+    for (pack, wanted) in packs.iter().zip(per_pack.iter_mut()) {
+        let mut elsewhere = Vec::new();
+        let count = pack.index.num_objects();
+        let mut at = 0;
+        for id in remaining {
+            while at < count && pack.index.oid_at_index(at) < id.as_ref() {
+                at += 1;
+            }
+            if at < count && pack.index.oid_at_index(at) == id.as_ref() {
+                wanted.push(pack.offset_positions[at as usize]);
+                at += 1;
+            } else {
+                elsewhere.push(id);
             }
         }
-        unpacked.push(*id);
+        remaining = elsewhere;
     }
+    let unpacked = remaining;
     let mut buf = Vec::new();
     for (pack, mut entries) in packs.iter().zip(per_pack) {
         entries.sort_unstable();
