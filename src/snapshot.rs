@@ -66,6 +66,11 @@ pub struct PackRecord {
     pub objects: u64,
     pub pack: ChunkList,
     pub index: ChunkList,
+    /// Whether some entries are deltas against objects of earlier snapshots of the chain
+    /// (REF_DELTA entries whose base is not in this pack). Such a pack is completed with
+    /// those bases when it is restored. Store format 2 on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub thin: bool,
 }
 
 impl Snapshot {

@@ -215,11 +215,26 @@ fn deep_check(ctx: &Context, store: &Store, latest: &StoredSnapshot) -> Result<(
     crate::vcs::git::restore::build(store, &chain, &target)?;
     // Every object of every pack re-hashed against its index entry (backups record ids
     // without hashing objects again; this is where that is checked).
-    for pack in chain.iter().flat_map(|link| &link.snapshot.packs) {
-        let path = target.join(format!("objects/pack/pack-{}.idx", pack.checksum));
+    // The rebuilt packs are listed from disk: a thin pack is rewritten (completed) on restore
+    // and so has a name of its own.
+    let pack_dir = target.join("objects/pack");
+    let mut indexes: Vec<_> = std::fs::read_dir(&pack_dir)
+        .with_context(|| format!("listing {}", pack_dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "idx"))
+        .collect();
+    indexes.sort();
+    let expected: usize = chain.iter().map(|link| link.snapshot.packs.len()).sum();
+    if indexes.len() != expected {
+        anyhow::bail!("the rebuilt repository has {} packs where the chain has {expected}", indexes.len());
+    }
+    for path in indexes {
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let pack = name.strip_prefix("pack-").unwrap_or(&name);
         let bundle = gix_pack::Bundle::at(&path, gix::hash::Kind::Sha1)
             .map_err(|e| anyhow::anyhow!("{e}"))
-            .with_context(|| format!("pack {}", pack.checksum))?;
+            .with_context(|| format!("pack {pack}"))?;
         bundle
             .verify_integrity(
                 &mut gix::progress::Discard,
@@ -230,7 +245,7 @@ fn deep_check(ctx: &Context, store: &Store, latest: &StoredSnapshot) -> Result<(
                 },
             )
             .map_err(|e| anyhow::anyhow!("{e}"))
-            .with_context(|| format!("pack {} fails its integrity check", pack.checksum))?;
+            .with_context(|| format!("pack {pack} fails its integrity check"))?;
     }
     let repo = gix::open_opts(&target, gix::open::Options::isolated()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let refs = crate::vcs::git::source::read_refs(&repo)?;

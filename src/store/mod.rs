@@ -16,8 +16,11 @@ use crate::{error::usage, snapshot::Snapshot};
 pub use backend::Backend;
 use local::LocalBackend;
 
-/// The store format this binary writes and reads. See docs/FORMAT.md.
-pub const FORMAT_VERSION: u32 = 1;
+/// The store format this binary writes into new stores. See docs/FORMAT.md.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest store format this binary reads and writes. A version 1 store stays version 1
+/// (other binaries may still use it) and gets only self-contained packs.
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
 const CONFIG_PATH: &str = "config";
 const MAGIC: &str = "repovault-store";
 
@@ -196,9 +199,9 @@ impl Store {
         if config.magic != MAGIC {
             return Err(usage(format!("store {location}: config file is not a repovault store config")));
         }
-        if config.format != FORMAT_VERSION {
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&config.format) {
             return Err(usage(format!(
-                "store {location}: format version {} is not supported by this repovault (it reads version {FORMAT_VERSION})",
+                "store {location}: format version {} is not supported by this repovault (it reads versions {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION})",
                 config.format
             )));
         }
@@ -211,6 +214,11 @@ impl Store {
 
     pub fn config(&self) -> &StoreConfig {
         &self.config
+    }
+
+    /// Whether packs may hold deltas against earlier snapshots (format 2 on).
+    pub fn supports_thin_packs(&self) -> bool {
+        self.config.format >= 2
     }
 
     /// Stores `data` under its BLAKE3 name, compressed with zstd when that saves at least

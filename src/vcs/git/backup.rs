@@ -22,8 +22,8 @@ use gix::ObjectId;
 use gix_pack::data::output::{self, count::objects::ObjectExpansion};
 
 use super::{
-    bitmap_count,
-    pack_copy::{source_packs, write_objects},
+    bitmap_count, delta_bases,
+    pack_copy::{DeltaBases, source_packs, write_objects},
     pack_index::{IndexEntry, encode_v2},
     pack_writer::PackWriter,
     source::RefState,
@@ -292,6 +292,8 @@ pub fn write_pack(
     }
     // Counting maps the source's packs and touches most of their pages; see `memory`.
     let _trimmer = PackMapTrimmer::start(&repo_pack_dir, MAPPED_PACK_LIMIT);
+    // Only stores of format 2 on may hold deltas against earlier snapshots (thin packs).
+    let new_commits = if full || !store.supports_thin_packs() { Vec::new() } else { selection.commits.clone() };
     let counted = match bitmap_counted {
         Some(ids) => ids,
         None => count(&handle, selection, full)?,
@@ -302,6 +304,13 @@ pub fn write_pack(
     crate::memory::release_freed_heap();
     log_phase(&timer, "counted objects", counted.len() as u64);
     let num_objects = u32::try_from(counted.len()).context("more than 2^32 objects in one pack")?;
+    let deltas = if new_commits.is_empty() {
+        DeltaBases::default()
+    } else {
+        let new_objects: gix::hashtable::HashSet<ObjectId> = counted.iter().copied().collect();
+        let bases = delta_bases::choose(&handle, &new_commits, &new_objects).context("choosing delta bases")?;
+        DeltaBases { bases, new_objects }
+    };
 
     let (store_tx, store_rx) = sync_channel::<Vec<u8>>(4);
     std::thread::scope(|scope| -> Result<PackOutcome> {
@@ -313,35 +322,36 @@ pub fn write_pack(
             writer.finish()
         });
         let sink = BlockSender { block: Vec::with_capacity(BLOCK), limiter, output: store_tx, written: 0 };
-        let generated = (|| -> Result<(ObjectId, Vec<IndexEntry>, BlockSender<'_>)> {
+        let generated = (|| -> Result<(ObjectId, Vec<IndexEntry>, BlockSender<'_>, usize)> {
             let mut writer = PackWriter::new(sink, num_objects, object_hash)?;
-            write_objects(&handle, &source_packs, &counted, &mut writer)?;
-            writer.finish()
+            let thin = write_objects(&handle, &source_packs, &counted, &deltas, &mut writer)?;
+            writer.finish().map(|(checksum, index, sink)| (checksum, index, sink, thin))
         })();
         let bytes_read = match &generated {
-            Ok((_, _, sink)) => sink.written,
+            Ok((_, _, sink, _)) => sink.written,
             Err(_) => 0,
         };
         // Dropping the sender (with the writer, on error) lets the store thread finish.
-        let generated = generated.map(|(checksum, index, sink)| {
+        let generated = generated.map(|(checksum, index, sink, thin)| {
             drop(sink);
-            (checksum, index)
+            (checksum, index, thin)
         });
         let stored = store_thread.join().map_err(|_| anyhow!("store writer thread panicked"))?;
-        let (checksum, index_entries) = generated.context("generating the pack from the source")?;
+        let (checksum, index_entries, thin) = generated.context("generating the pack from the source")?;
         let (pack_chunks, pack_stored) = stored.context("storing pack data")?;
         log_phase(&timer, "pack written", bytes_read);
         let index = encode_v2(index_entries, checksum)?;
         let mut index_writer = ChunkedWriter::new(store);
         index_writer.write_all(&index)?;
         let (index_chunks, index_stored) = index_writer.finish()?;
-        tracing::debug!(seconds = timer.elapsed().as_secs_f64(), "index stored");
+        tracing::debug!(seconds = timer.elapsed().as_secs_f64(), thin_deltas = thin, "index stored");
         Ok(PackOutcome {
             pack: Some(PackRecord {
                 checksum: checksum.to_string(),
                 objects: u64::from(num_objects),
                 pack: pack_chunks,
                 index: index_chunks,
+                thin: thin > 0,
             }),
             bytes_read,
             bytes_stored: pack_stored + index_stored,

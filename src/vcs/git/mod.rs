@@ -9,6 +9,8 @@
 pub mod backup;
 pub mod bitmap_count;
 pub mod connectivity;
+pub mod delta;
+pub mod delta_bases;
 pub mod pack_copy;
 pub mod pack_index;
 pub mod pack_writer;

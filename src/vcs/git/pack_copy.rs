@@ -11,6 +11,8 @@
 
 use std::{io::Write, path::Path};
 
+use gix::hashtable::{HashMap, HashSet};
+
 use anyhow::{Context, Result, anyhow, bail};
 use gix::ObjectId;
 use gix_pack::data::{entry::Header, output};
@@ -127,12 +129,37 @@ pub fn source_packs(objects_dir: &Path, object_hash: gix::hash::Kind) -> Result<
 
 /// Writes `ids` (each once) into `writer`: copied from `packs` where possible, read through
 /// `find` otherwise.
+/// Candidate delta bases for objects that would otherwise be written whole (see
+/// `delta_bases`), and which objects are new in this snapshot: a base that is not new is in
+/// the snapshot chain and may be named across packs (a thin delta).
+#[derive(Default)]
+pub struct DeltaBases {
+    pub bases: HashMap<ObjectId, ObjectId>,
+    pub new_objects: HashSet<ObjectId>,
+}
+
+/// Where a delta's base is.
+#[derive(Clone, Copy)]
+enum BaseAt {
+    /// Written to this pack at this position.
+    InPack(u32),
+    /// In an earlier snapshot of the chain.
+    Chain,
+}
+
+/// Deltas against deltas against ... are cheap to store but slow to read; git stops at 50.
+const MAX_DELTA_DEPTH: u8 = 50;
+
+/// Writes `ids` (each once) into `writer`: copied from `packs` where possible, read through
+/// `find` otherwise (then as a delta against its base in `deltas` when that pays). Returns
+/// how many deltas name a base outside the pack.
 pub fn write_objects<W: Write>(
     find: &dyn gix_pack::Find,
     packs: &[SourcePack],
     ids: &[ObjectId],
+    deltas: &DeltaBases,
     writer: &mut PackWriter<W>,
-) -> Result<()> {
+) -> Result<usize> {
     // Where each object is copied from: the first pack holding it, in offset order. The ids
     // are sorted and walked beside each index (sorted too) rather than looked up one by one:
     // a full backup asks for every object, and 715k binary searches cost more than a merge.
@@ -158,11 +185,10 @@ pub fn write_objects<W: Write>(
         remaining = elsewhere;
     }
     let unpacked = remaining;
-    let mut buf = Vec::new();
-    for (pack, mut entries) in packs.iter().zip(per_pack) {
+    let mut out =
+        Written { in_packs: packs.iter().map(|p| vec![NOT_WRITTEN; p.offsets.len()]).collect(), ..Written::default() };
+    for (p, (pack, mut entries)) in packs.iter().zip(per_pack).enumerate() {
         entries.sort_unstable();
-        // Per entry of the source pack: where it went in ours, for deltas against it.
-        let mut written = vec![NOT_WRITTEN; pack.offsets.len()];
         let mut window = Window::default();
         for at in entries {
             let at = at as usize;
@@ -190,16 +216,17 @@ pub fn write_objects<W: Write>(
             let position = u32::try_from(writer.position()).context("more than 2^32 objects in one pack")?;
             let kind = match base {
                 None => output::entry::Kind::Base(entry.header.as_kind().expect("base objects have a kind")),
-                Some(base) => match base.map(|b| written[b]).filter(|&w| w != NOT_WRITTEN) {
+                Some(base) => match base.map(|b| out.in_packs[p][b]).filter(|&w| w != NOT_WRITTEN) {
                     Some(object_index) => output::entry::Kind::DeltaRef { object_index: object_index as usize },
                     None => {
-                        written[at] = position;
-                        writer.write_entry(whole_object(find, id, &mut buf)?)?;
+                        // Its base is not in this snapshot, or comes later.
+                        out.in_packs[p][at] = position;
+                        out.write_read(find, packs, deltas, id, writer)?;
                         continue;
                     }
                 },
             };
-            written[at] = position;
+            out.in_packs[p][at] = position;
             writer.write_entry(output::Entry {
                 id,
                 kind,
@@ -208,15 +235,94 @@ pub fn write_objects<W: Write>(
             })?;
         }
     }
+    // Loose objects, each after the version it is a delta against when that is loose too.
+    let loose: HashSet<ObjectId> = unpacked.iter().copied().collect();
     for id in unpacked {
-        writer.write_entry(whole_object(find, id, &mut buf)?)?;
+        let mut pending = vec![id];
+        let mut newest = id;
+        while let Some(base) = deltas.bases.get(&newest)
+            && loose.contains(base)
+            && !out.read.contains_key(base)
+            && !pending.contains(base)
+        {
+            pending.push(*base);
+            newest = *base;
+        }
+        for id in pending.into_iter().rev() {
+            if !out.read.contains_key(&id) {
+                out.write_read(find, packs, deltas, id, writer)?;
+            }
+        }
     }
-    Ok(())
+    Ok(out.thin)
 }
 
+/// What has been written where, for deltas against it.
+#[derive(Default)]
+struct Written {
+    /// Per source pack, per entry in offset order: its position in our pack.
+    in_packs: Vec<Vec<u32>>,
+    /// Objects read whole (not copied): position in our pack and delta depth.
+    read: HashMap<ObjectId, (u32, u8)>,
+    buf: Vec<u8>,
+    base_buf: Vec<u8>,
+    /// Deltas written against a base outside the pack.
+    thin: usize,
+}
+
+impl Written {
+    fn base_at(&self, packs: &[SourcePack], deltas: &DeltaBases, base: &ObjectId) -> Option<(BaseAt, u8)> {
+        if let Some(&(position, depth)) = self.read.get(base) {
+            return Some((BaseAt::InPack(position), depth));
+        }
+        for (pack, written) in packs.iter().zip(&self.in_packs) {
+            if let Some(at) = pack.position_of(base)
+                && written[at] != NOT_WRITTEN
+            {
+                // A copied entry's own depth is not known here; count it as a whole object.
+                return Some((BaseAt::InPack(written[at]), 0));
+            }
+        }
+        (!deltas.new_objects.contains(base)).then_some((BaseAt::Chain, 0))
+    }
+
+    /// Reads `id` through `find` and writes it whole, or as a delta against its base when
+    /// that base is written already or in the chain and the delta is less than half the
+    /// object.
+    fn write_read<W: Write>(
+        &mut self,
+        find: &dyn gix_pack::Find,
+        packs: &[SourcePack],
+        deltas: &DeltaBases,
+        id: ObjectId,
+        writer: &mut PackWriter<W>,
+    ) -> Result<()> {
+        let position = u32::try_from(writer.position()).context("more than 2^32 objects in one pack")?;
+        let base = deltas
+            .bases
+            .get(&id)
+            .and_then(|b| self.base_at(packs, deltas, b).map(|at| (*b, at)))
+            .filter(|(_, (_, depth))| *depth < MAX_DELTA_DEPTH);
+        let (entry, depth) = read_object(find, id, base, &mut self.buf, &mut self.base_buf)?;
+        self.thin += usize::from(matches!(entry.kind, output::entry::Kind::DeltaOid { .. }));
+        self.read.insert(id, (position, depth));
+        writer.write_entry(entry)
+    }
+}
+
+/// Deltas smaller than this share of the object are worth their reconstruction at restore.
+const DELTA_WORTH: usize = 2;
+
 /// Reads an object whole, checks that it hashes to its id (gix does not for loose objects),
-/// and deflates it as a pack entry.
-fn whole_object(find: &dyn gix_pack::Find, id: ObjectId, buf: &mut Vec<u8>) -> Result<output::Entry> {
+/// and deflates it as a pack entry: as a delta against `base` when the delta is less than
+/// half the object. Returns the entry and its delta depth.
+fn read_object(
+    find: &dyn gix_pack::Find,
+    id: ObjectId,
+    base: Option<(ObjectId, (BaseAt, u8))>,
+    buf: &mut Vec<u8>,
+    base_buf: &mut Vec<u8>,
+) -> Result<(output::Entry, u8)> {
     let (data, _) = find
         .try_find(&id, buf)
         .map_err(|e| anyhow!("{e}"))
@@ -226,6 +332,29 @@ fn whole_object(find: &dyn gix_pack::Find, id: ObjectId, buf: &mut Vec<u8>) -> R
     if actual != id {
         bail!("object {id} is corrupt in the source: its content hashes to {actual}");
     }
-    output::Entry::from_data(&output::Count::from_data(id, None), &data, gix::zlib::Compression::DEFAULT)
-        .map_err(|e| anyhow!("deflating object {id}: {e}"))
+    if let Some((base_id, (at, depth))) = base
+        && let Ok(Some((base, _))) = find.try_find(&base_id, base_buf)
+        && base.kind == data.kind
+        && let Some(delta) = super::delta::encode(base.data, data.data, data.data.len() / DELTA_WORTH)
+    {
+        let kind = match at {
+            BaseAt::InPack(position) => output::entry::Kind::DeltaRef { object_index: position as usize },
+            BaseAt::Chain => output::entry::Kind::DeltaOid { id: base_id },
+        };
+        let compressed_data = deflate(&delta).with_context(|| format!("deflating the delta of object {id}"))?;
+        return Ok((output::Entry { id, kind, decompressed_size: delta.len(), compressed_data }, depth + 1));
+    }
+    let entry = output::Entry::from_data(&output::Count::from_data(id, None), &data, gix::zlib::Compression::DEFAULT)
+        .map_err(|e| anyhow!("deflating object {id}: {e}"))?;
+    Ok((entry, 0))
+}
+
+fn deflate(data: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut out = gix::zlib::stream::deflate::Write::new(
+        Vec::with_capacity(data.len() / 2 + 64),
+        gix::zlib::Compression::DEFAULT,
+    );
+    out.write_all(data)?;
+    out.flush()?;
+    Ok(out.into_inner())
 }

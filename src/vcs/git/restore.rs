@@ -1,6 +1,7 @@
 //! Rebuilding a bare repository from a snapshot chain: the packs and their indexes are
-//! copied in as stored (the store re-hashes every chunk it hands out), then the refs and
-//! HEAD are written through gix.
+//! copied in as stored (the store re-hashes every chunk it hands out), thin packs are
+//! completed with their bases from the packs before them, then the refs and HEAD are
+//! written through gix.
 
 use std::{fs, io::Write, path::Path};
 
@@ -11,7 +12,7 @@ use gix::refs::{
 };
 
 use crate::{
-    snapshot::Snapshot,
+    snapshot::{PackRecord, Snapshot},
     store::{
         Store, StoredSnapshot,
         chunker::{ChunkList, ChunkReader},
@@ -26,6 +27,11 @@ pub fn build(store: &Store, chain: &[StoredSnapshot], target: &Path) -> Result<(
     let pack_dir = target.join("objects/pack");
     for link in chain {
         for pack in &link.snapshot.packs {
+            if pack.thin {
+                complete_thin_pack(store, pack, target, &link.snapshot.object_format)
+                    .with_context(|| format!("snapshot {}: restoring thin pack {}", link.id, pack.checksum))?;
+                continue;
+            }
             let base = pack_dir.join(format!("pack-{}", pack.checksum));
             copy_stream(store, &pack.pack, &base.with_extension("pack"))
                 .with_context(|| format!("snapshot {}: restoring pack {}", link.id, pack.checksum))?;
@@ -34,6 +40,37 @@ pub fn build(store: &Store, chain: &[StoredSnapshot], target: &Path) -> Result<(
         }
     }
     write_refs(target, last)?;
+    Ok(())
+}
+
+/// A thin pack holds deltas against objects of earlier packs of the chain, which git does
+/// not accept across packs. gix's pack writer (what `git index-pack --fix-thin` does) reads
+/// it, looks those bases up in the packs restored so far (the chain is restored oldest
+/// first), appends them, and writes the completed pack and its index.
+fn complete_thin_pack(store: &Store, pack: &PackRecord, target: &Path, object_format: &str) -> Result<()> {
+    let object_hash = match object_format {
+        "sha1" => gix::hash::Kind::Sha1,
+        other => anyhow::bail!("object format {other:?} is not supported"),
+    };
+    // A new handle for each pack: it lists the pack directory as it is now.
+    let restored = gix::odb::at(target.join("objects"), object_hash)
+        .map_err(|e| anyhow!("{e}"))
+        .with_context(|| format!("opening {}", target.display()))?;
+    let mut stream = std::io::BufReader::with_capacity(1 << 20, ChunkReader::new(store, &pack.pack));
+    let outcome = gix_pack::Bundle::write_to_directory(
+        &mut stream,
+        Some(&target.join("objects/pack")),
+        &mut gix::progress::Discard,
+        &std::sync::atomic::AtomicBool::new(false),
+        Some(restored),
+        object_hash,
+        gix_pack::bundle::write::Options::default(),
+    )
+    .map_err(|e| anyhow!("{e}"))
+    .context("completing the pack with its bases from earlier snapshots")?;
+    if let Some(keep) = outcome.keep_path {
+        fs::remove_file(&keep).with_context(|| format!("removing {}", keep.display()))?;
+    }
     Ok(())
 }
 
