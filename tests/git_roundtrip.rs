@@ -78,6 +78,35 @@ fn source_with_a_bitmap_is_counted_from_it_and_round_trips() {
     assert_eq!(code(&env.rv(&["verify", "--deep"])), 0);
 }
 
+/// A first snapshot of a freshly repacked source (one pack, all of it reachable) is that
+/// pack byte for byte, with the source's own index: restored, it is the same file.
+#[test]
+fn freshly_repacked_source_is_stored_as_its_own_pack() {
+    let env = Env::new();
+    env.init_store();
+    let repo = new_repo(&env.path("src"));
+    for i in 0..5 {
+        commit_file(&repo, &format!("f{i}.txt"), &noise_text(i, 5_000), &format!("commit {i}"));
+    }
+    git(&repo, &["tag", "-a", "v1", "-m", "one"]);
+    git(&repo, &["repack", "-q", "-a", "-d", "--write-bitmap-index"]);
+    let source_pack = files_under(&git_dir(&repo).join("objects/pack"))
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "pack"))
+        .unwrap();
+
+    let out = env.rv(&["-vv", "backup", &repo.to_string_lossy()]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stderr(&out).contains("storing it as it is"), "{}", stderr(&out));
+    let dest = env.path("restored.git");
+    env.restore("src", &dest, None);
+    assert_eq!(ref_state(&dest), ref_state(&repo));
+    fsck(&dest);
+    let restored_pack = dest.join("objects/pack").join(source_pack.file_name().unwrap());
+    assert!(std::fs::read(&restored_pack).unwrap() == std::fs::read(&source_pack).unwrap(), "same pack bytes");
+    assert_eq!(code(&env.rv(&["verify", "--deep"])), 0);
+}
+
 #[test]
 fn empty_repository_round_trips() {
     let env = Env::new();

@@ -23,7 +23,7 @@ use gix_pack::data::output::{self, count::objects::ObjectExpansion};
 
 use super::{
     bitmap_count, delta_bases,
-    pack_copy::{DeltaBases, source_packs, write_objects},
+    pack_copy::{DeltaBases, copy_verbatim, holds_exactly, index_path, source_packs, write_objects},
     pack_index::{IndexEntry, encode_v2},
     pack_writer::PackWriter,
     source::RefState,
@@ -196,6 +196,12 @@ fn count(handle: &Handle, selection: Selection, full: bool) -> Result<Vec<Object
     Ok(ids)
 }
 
+/// A pack's index: made from the entries we wrote, or the source's own.
+enum Index {
+    Entries(Vec<IndexEntry>),
+    Bytes(Vec<u8>),
+}
+
 /// A debug line per phase, with the resident memory: what `scripts/bench` profiles.
 fn log_phase(timer: &std::time::Instant, phase: &str, amount: u64) {
     let rss = crate::memory::rss().unwrap_or_default();
@@ -312,6 +318,15 @@ pub fn write_pack(
         DeltaBases { bases, new_objects }
     };
 
+    // A first snapshot of a source that is one pack, all of it reachable (what a repack
+    // leaves), is that pack: it is stored as it is, with its own index.
+    let verbatim = match source_packs.as_slice() {
+        [pack] if full && holds_exactly(pack, &counted) => Some(pack),
+        _ => None,
+    };
+    if verbatim.is_some() {
+        tracing::debug!("the snapshot is the source's one pack: storing it as it is");
+    }
     let (store_tx, store_rx) = sync_channel::<Vec<u8>>(4);
     std::thread::scope(|scope| -> Result<PackOutcome> {
         let store_thread = scope.spawn(move || -> Result<(ChunkList, u64)> {
@@ -321,11 +336,18 @@ pub fn write_pack(
             }
             writer.finish()
         });
-        let sink = BlockSender { block: Vec::with_capacity(BLOCK), limiter, output: store_tx, written: 0 };
-        let generated = (|| -> Result<(ObjectId, Vec<IndexEntry>, BlockSender<'_>, usize)> {
+        let mut sink = BlockSender { block: Vec::with_capacity(BLOCK), limiter, output: store_tx, written: 0 };
+        let generated = (|| -> Result<(ObjectId, Index, BlockSender<'_>, usize)> {
+            if let Some(pack) = verbatim {
+                let checksum = copy_verbatim(pack, &mut sink)?;
+                sink.flush()?;
+                let path = index_path(pack);
+                let index = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+                return Ok((checksum, Index::Bytes(index), sink, 0));
+            }
             let mut writer = PackWriter::new(sink, num_objects, object_hash)?;
             let thin = write_objects(&handle, &source_packs, &counted, &deltas, &mut writer)?;
-            writer.finish().map(|(checksum, index, sink)| (checksum, index, sink, thin))
+            writer.finish().map(|(checksum, index, sink)| (checksum, Index::Entries(index), sink, thin))
         })();
         let bytes_read = match &generated {
             Ok((_, _, sink, _)) => sink.written,
@@ -337,10 +359,15 @@ pub fn write_pack(
             (checksum, index, thin)
         });
         let stored = store_thread.join().map_err(|_| anyhow!("store writer thread panicked"))?;
-        let (checksum, index_entries, thin) = generated.context("generating the pack from the source")?;
+        // A store that failed (full, gone) stops the generator too ("the store writer stopped
+        // early"): its own error is the one that says what happened.
         let (pack_chunks, pack_stored) = stored.context("storing pack data")?;
+        let (checksum, index_entries, thin) = generated.context("generating the pack from the source")?;
         log_phase(&timer, "pack written", bytes_read);
-        let index = encode_v2(index_entries, checksum)?;
+        let index = match index_entries {
+            Index::Entries(entries) => encode_v2(entries, checksum)?,
+            Index::Bytes(bytes) => bytes,
+        };
         let mut index_writer = ChunkedWriter::new(store);
         index_writer.write_all(&index)?;
         let (index_chunks, index_stored) = index_writer.finish()?;

@@ -79,6 +79,58 @@ impl SourcePack {
     }
 }
 
+/// Whether `ids` (distinct) are exactly the objects of `pack`.
+pub fn holds_exactly(pack: &SourcePack, ids: &[ObjectId]) -> bool {
+    if ids.len() != pack.offsets.len() {
+        return false;
+    }
+    let mut sorted = ids.to_vec();
+    sorted.sort_unstable();
+    // The index lists its ids sorted too.
+    sorted.iter().enumerate().all(|(at, id)| pack.index.oid_at_index(at as u32) == id.as_ref())
+}
+
+/// Copies `pack` into `out` byte for byte: its header, every entry (each checked against the
+/// CRC32 its index records, as a copy entry by entry is) and its trailing checksum, which
+/// must be the one its index was made for. Returns that checksum. For a first snapshot of a
+/// freshly repacked source this is the whole snapshot: nothing to re-encode, re-hash or
+/// re-index (the source's index is stored as it is).
+pub fn copy_verbatim(pack: &SourcePack, out: &mut impl Write) -> Result<ObjectId> {
+    use std::os::unix::fs::FileExt;
+    let path = pack.data_path.display();
+    let mut header = [0u8; 12];
+    pack.data.read_exact_at(&mut header, 0).with_context(|| format!("reading {path}"))?;
+    let declared = u32::from_be_bytes(header[8..12].try_into().expect("four bytes"));
+    if &header[..4] != b"PACK" || declared as usize != pack.offsets.len() || pack.offsets.first() != Some(&12) {
+        bail!("{path} is corrupt: its header does not match its index");
+    }
+    out.write_all(&header).context("writing pack data")?;
+    let mut window = Window::default();
+    for at in 0..pack.offsets.len() {
+        let index_at = pack.index_positions[at];
+        let raw = pack.entry_bytes(at, &mut window).with_context(|| format!("reading {path}"))?;
+        if pack.index.crc32_at_index(index_at).is_some_and(|crc| crc != crc32fast::hash(raw)) {
+            bail!(
+                "object {} is corrupt in the source: its data in {path} does not match the CRC32 its index records",
+                pack.index.oid_at_index(index_at)
+            );
+        }
+        out.write_all(raw).context("writing pack data")?;
+    }
+    let mut trailer = vec![0u8; pack.index.pack_checksum().as_slice().len()];
+    pack.data.read_exact_at(&mut trailer, pack.pack_end).with_context(|| format!("reading {path}"))?;
+    if trailer != pack.index.pack_checksum().as_slice() {
+        bail!("{path} is corrupt: its trailing checksum is not the one its index was made for");
+    }
+    out.write_all(&trailer).context("writing pack data")?;
+    Ok(pack.index.pack_checksum())
+}
+
+/// The path of a source pack's index.
+pub fn index_path(pack: &SourcePack) -> std::path::PathBuf {
+    pack.data_path.with_extension("idx")
+}
+
 /// The packs of a source's object directory and of its alternates.
 pub fn source_packs(objects_dir: &Path, object_hash: gix::hash::Kind) -> Result<Vec<SourcePack>> {
     let mut dirs = vec![objects_dir.to_owned()];
