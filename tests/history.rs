@@ -249,7 +249,8 @@ fn small_edits_are_stored_as_deltas_and_every_snapshot_restores() {
 }
 
 /// A version 1 store (written by an older repovault, which cannot complete thin packs) gets
-/// self-contained packs only, and stays version 1.
+/// self-contained packs only (deltas within the pack, none against earlier snapshots), and
+/// stays version 1.
 #[test]
 fn a_version_1_store_gets_no_thin_packs() {
     let env = Env::new();
@@ -263,10 +264,16 @@ fn a_version_1_store_gets_no_thin_packs() {
     commit_file(&repo, "f.txt", &text, "one");
     env.backup("src", &repo);
     commit_file(&repo, "f.txt", &format!("{text}one more line\n"), "two");
+    commit_file(&repo, "f.txt", &format!("{text}one more line\nand another\n"), "three");
     env.backup("src", &repo);
     let packs = pack_records(&env.path("store"));
     assert_eq!(packs.len(), 2);
     assert!(packs.iter().all(|p| p.get("thin").is_none()), "{packs:?}");
+    // Two new versions: the first whole (its base is in the first snapshot), the second a
+    // delta against the first, in the same pack.
+    let listed = snapshots_json(&env, "src");
+    let (full, incremental) = (listed[0]["pack_bytes"].as_u64().unwrap(), listed[1]["pack_bytes"].as_u64().unwrap());
+    assert!(incremental < full + full / 2, "two versions took {incremental} bytes, one took {full}");
     assert_eq!(std::fs::read_to_string(&config_path).unwrap(), config);
     let dest = env.path("out");
     env.restore("src", &dest, None);

@@ -298,8 +298,7 @@ pub fn write_pack(
     }
     // Counting maps the source's packs and touches most of their pages; see `memory`.
     let _trimmer = PackMapTrimmer::start(&repo_pack_dir, MAPPED_PACK_LIMIT);
-    // Only stores of format 2 on may hold deltas against earlier snapshots (thin packs).
-    let new_commits = if full || !store.supports_thin_packs() { Vec::new() } else { selection.commits.clone() };
+    let new_commits = if full { Vec::new() } else { selection.commits.clone() };
     let counted = match bitmap_counted {
         Some(ids) => ids,
         None => count(&handle, selection, full)?,
@@ -315,7 +314,8 @@ pub fn write_pack(
     } else {
         let new_objects: gix::hashtable::HashSet<ObjectId> = counted.iter().copied().collect();
         let bases = delta_bases::choose(&handle, &new_commits, &new_objects).context("choosing delta bases")?;
-        DeltaBases { bases, new_objects }
+        // Only stores of format 2 on may hold deltas against earlier snapshots (thin packs).
+        DeltaBases { bases, new_objects, thin_allowed: store.supports_thin_packs() }
     };
 
     // A first snapshot of a source that is one pack, all of it reachable (what a repack

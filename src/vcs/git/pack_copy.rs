@@ -188,6 +188,8 @@ pub fn source_packs(objects_dir: &Path, object_hash: gix::hash::Kind) -> Result<
 pub struct DeltaBases {
     pub bases: HashMap<ObjectId, ObjectId>,
     pub new_objects: HashSet<ObjectId>,
+    /// Whether a base in the chain may be used (store format 2 on).
+    pub thin_allowed: bool,
 }
 
 /// Where a delta's base is.
@@ -335,7 +337,7 @@ impl Written {
                 return Some((BaseAt::InPack(written[at]), 0));
             }
         }
-        (!deltas.new_objects.contains(base)).then_some((BaseAt::Chain, 0))
+        (deltas.thin_allowed && !deltas.new_objects.contains(base)).then_some((BaseAt::Chain, 0))
     }
 
     /// Reads `id` through `find` and writes it whole, or as a delta against its base when
@@ -362,6 +364,11 @@ impl Written {
     }
 }
 
+/// Objects (and bases) larger than this are stored whole: indexing a base costs about its
+/// size again in memory, and files this big are rarely edited in place (git's
+/// `core.bigFileThreshold` makes the same call at 512 MiB).
+const MAX_DELTA_OBJECT: usize = 64 << 20;
+
 /// Deltas smaller than this share of the object are worth their reconstruction at restore.
 const DELTA_WORTH: usize = 2;
 
@@ -385,7 +392,9 @@ fn read_object(
         bail!("object {id} is corrupt in the source: its content hashes to {actual}");
     }
     if let Some((base_id, (at, depth))) = base
+        && data.data.len() <= MAX_DELTA_OBJECT
         && let Ok(Some((base, _))) = find.try_find(&base_id, base_buf)
+        && base.data.len() <= MAX_DELTA_OBJECT
         && base.kind == data.kind
         && let Some(delta) = super::delta::encode(base.data, data.data, data.data.len() / DELTA_WORTH)
     {
