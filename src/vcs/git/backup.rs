@@ -1,11 +1,16 @@
 //! Backing up a git repository: the objects new since the previous snapshot, as one pack.
 //!
-//! gix-pack counts the objects; `pack_copy` copies their entries from the source's packs
-//! (checking each against the source index's CRC32) into our `PackWriter`, which streams
-//! the pack into the store, chunked, and records each entry's id, offset and CRC32: the
-//! pack index, built without resolving a delta or hashing an object again. Before the
-//! snapshot is committed, the pack must hold exactly the objects counted. The index is
-//! stored too, which makes a restore a plain copy. (`verify --deep` re-hashes every object.)
+//! Counting: for a first snapshot, from the source's reachability bitmap when it has one
+//! (`bitmap_count`), else gix-pack walks every tree; for a later one, gix-pack diffs each
+//! new commit's tree against its parents'. Writing: `pack_copy` copies entries from the
+//! source's packs (checking each against the source index's CRC32) into our `PackWriter`,
+//! which streams the pack into the store, chunked, and records each entry's id, offset and
+//! CRC32: the pack index, built without resolving a delta or hashing an object again.
+//! Objects it cannot copy are read whole and written as deltas against the previous
+//! version of their path where that pays (`delta_bases`, `delta`), possibly against an
+//! earlier snapshot (a thin pack). A first snapshot of a source that is exactly one pack is
+//! that pack, stored as it is with its own index. Before the snapshot is committed, the
+//! pack must hold exactly the objects counted. (`verify --deep` re-hashes every object.)
 
 use std::{
     collections::{BTreeSet, HashSet},
@@ -145,6 +150,22 @@ const PACK_CACHE_BYTES: usize = 24 << 20;
 const MAPPED_PACK_LIMIT: u64 = 64 << 20;
 const OBJECT_CACHE_BYTES: usize = 64 << 20;
 
+/// A first snapshot wants everything reachable: git's bitmap answers that in a fraction of
+/// the time gix's tree walk takes (see `bitmap_count`). None when it cannot answer (no
+/// bitmap, no git, a damaged source, a git that refuses the directory): then gix counts,
+/// and its errors name the culprit.
+fn count_with_bitmap(git_dir: &std::path::Path, refs: &RefState, timer: &std::time::Instant) -> Option<Vec<ObjectId>> {
+    let tips: Vec<ObjectId> = refs.tips().collect();
+    let counted = bitmap_count::count(git_dir, &tips).unwrap_or_else(|e| {
+        tracing::warn!(error = %format!("{e:#}"), "counting with the reachability bitmap failed; counting with gix");
+        None
+    });
+    if let Some(ids) = &counted {
+        log_phase(timer, "counted objects with the reachability bitmap", ids.len() as u64);
+    }
+    counted
+}
+
 /// Counts every object the pack must hold, each once.
 fn count(handle: &Handle, selection: Selection, full: bool) -> Result<Vec<ObjectId>> {
     let interrupt = AtomicBool::new(false);
@@ -269,23 +290,7 @@ pub fn write_pack(
         return Ok(PackOutcome::default());
     }
     let object_hash = repo.object_hash();
-    // A first snapshot wants everything reachable: git's bitmap answers that in a fraction
-    // of the time gix's tree walk takes (see `bitmap_count`).
-    let bitmap_counted = if full {
-        let tips: Vec<ObjectId> = refs.tips().collect();
-        // If git cannot answer (a damaged source, a git that refuses the directory), gix
-        // counts: its errors name the culprit, and it needs no git.
-        let counted = bitmap_count::count(repo.git_dir(), &tips).unwrap_or_else(|e| {
-            tracing::warn!(error = %format!("{e:#}"), "counting with the reachability bitmap failed; counting with gix");
-            None
-        });
-        if let Some(ids) = &counted {
-            log_phase(&timer, "counted objects with the reachability bitmap", ids.len() as u64);
-        }
-        counted
-    } else {
-        None
-    };
+    let bitmap_counted = if full { count_with_bitmap(repo.git_dir(), refs, &timer) } else { None };
     let objects_dir = repo.git_dir().join("objects");
     let source_packs = source_packs(&objects_dir, object_hash)?;
     let repo_pack_dir = objects_dir.join("pack").canonicalize().unwrap_or_else(|_| objects_dir.join("pack"));
