@@ -2,7 +2,7 @@
 
 use std::{collections::BTreeSet, path::Path};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use chrono::Utc;
 
 use crate::{
@@ -51,6 +51,9 @@ pub fn backup_git(store: &Store, name: &str, path: &Path, limiter: Option<&RateL
             }
             Err(e) => return Err(with_culprit(e, path, &refs)),
         };
+        if let Some(parent) = &parent {
+            check_thin_bases(store, name, &parent.id, &outcome.thin_bases)?;
+        }
         let snapshot = Snapshot {
             repo: name.to_owned(),
             vcs: Vcs::Git,
@@ -76,6 +79,41 @@ pub fn backup_git(store: &Store, name: &str, path: &Path, limiter: Option<&RateL
             objects: outcome.pack.map_or(0, |p| p.objects),
         });
     }
+}
+
+/// A thin pack's deltas name bases in earlier snapshots; restore finds them there. Before
+/// the snapshot is committed, every one of them must be in a pack index of the chain: a
+/// snapshot that could not be restored must never be written.
+fn check_thin_bases(store: &Store, name: &str, parent: &str, bases: &[gix::ObjectId]) -> Result<()> {
+    if bases.is_empty() {
+        return Ok(());
+    }
+    let mut missing: Vec<gix::ObjectId> = bases.to_vec();
+    for link in store.chain(name, parent)?.iter().rev() {
+        for pack in &link.snapshot.packs {
+            let mut index = Vec::new();
+            std::io::Read::read_to_end(&mut crate::store::chunker::ChunkReader::new(store, &pack.index), &mut index)
+                .with_context(|| format!("snapshot {}: reading the index of pack {}", link.id, pack.checksum))?;
+            let mut still_missing = Vec::new();
+            for id in missing {
+                let found = git::pack_index::contains_v2(&index, &id)
+                    .with_context(|| format!("snapshot {}: the index of pack {}", link.id, pack.checksum))?;
+                if !found {
+                    still_missing.push(id);
+                }
+            }
+            missing = still_missing;
+            if missing.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+    bail!(
+        "{} delta base(s) of the new pack are in no earlier snapshot (first: {}); the snapshot would not \
+         restore and is not written. This is a bug in repovault; please report it",
+        missing.len(),
+        missing[0]
+    )
 }
 
 /// gix's errors for damaged pack data do not say which object was damaged. Once a backup

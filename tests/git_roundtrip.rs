@@ -40,7 +40,7 @@ fn every_kind_of_ref_round_trips() {
 }
 
 /// With a reachability bitmap, a first snapshot is counted by `git rev-list` from the
-/// bitmap (see `bitmap_count`): refs of every kind, and objects the bitmap does not cover
+/// bitmap (see `rev_list`): refs of every kind, and objects the bitmap does not cover
 /// (committed after the repack), must all be in it.
 #[test]
 fn source_with_a_bitmap_is_counted_from_it_and_round_trips() {
@@ -68,7 +68,7 @@ fn source_with_a_bitmap_is_counted_from_it_and_round_trips() {
 
     let out = env.rv(&["-vv", "backup", &repo.to_string_lossy()]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(stderr(&out).contains("counted objects with the reachability bitmap"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("counted objects with git rev-list"), "{}", stderr(&out));
     let dest = env.path("restored.git");
     env.restore("src", &dest, None);
     assert_eq!(ref_state(&dest), ref_state(&repo));
@@ -105,6 +105,35 @@ fn freshly_repacked_source_is_stored_as_its_own_pack() {
     let restored_pack = dest.join("objects/pack").join(source_pack.file_name().unwrap());
     assert!(std::fs::read(&restored_pack).unwrap() == std::fs::read(&source_pack).unwrap(), "same pack bytes");
     assert_eq!(code(&env.rv(&["verify", "--deep"])), 0);
+}
+
+/// Without a git binary, gix counts a first snapshot (walking every tree): the same
+/// repository restores the same.
+#[test]
+fn first_snapshot_without_git_on_the_path_is_counted_by_gix() {
+    let env = Env::new();
+    env.init_store();
+    let repo = new_repo(&env.path("src"));
+    commit_file(&repo, "a.txt", "one\n", "first");
+    git(&repo, &["checkout", "-q", "-b", "side"]);
+    commit_file(&repo, "dir/b.txt", "side\n", "side work");
+    git(&repo, &["checkout", "-q", "main"]);
+    git(&repo, &["merge", "-q", "--no-ff", "-m", "merge", "side"]);
+    git(&repo, &["tag", "-a", "v1", "-m", "one"]);
+    let tree = git(&repo, &["rev-parse", "HEAD^{tree}"]).trim().to_owned();
+    git(&repo, &["tag", "tree-tag", &tree]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_repovault"))
+        .args(["-vv", "backup", &repo.to_string_lossy()])
+        .env("REPOVAULT_STORE", env.store())
+        .env("PATH", env.path("no-such-dir"))
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(!stderr(&out).contains("counted objects with git rev-list"), "{}", stderr(&out));
+    let dest = env.path("restored.git");
+    env.restore("src", &dest, None);
+    assert_eq!(ref_state(&dest), ref_state(&repo));
+    fsck(&dest);
 }
 
 #[test]

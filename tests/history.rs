@@ -280,3 +280,35 @@ fn a_version_1_store_gets_no_thin_packs() {
     fsck(&dest);
     assert_eq!(ref_state(&dest), ref_state(&repo));
 }
+
+/// A replace ref (`git replace --graft`) hides history from anything that follows
+/// replacements. A backup must not: it stores the objects as they are, and every snapshot
+/// must restore to a repository that is complete without the replacements too.
+#[test]
+fn replace_refs_do_not_hide_objects_from_a_snapshot() {
+    let env = Env::new();
+    env.init_store();
+    let repo = new_repo(&env.path("src"));
+    let text = noise_text(11, 50_000);
+    commit_file(&repo, "f.txt", &text, "one");
+    env.backup("src", &repo);
+    // An unrelated branch of two commits; the second is then grafted to have no parent.
+    git(&repo, &["checkout", "-q", "--orphan", "other"]);
+    commit_file(&repo, "f.txt", &format!("{text}first orphan version\n"), "orphan one");
+    commit_file(&repo, "f.txt", &format!("{text}second orphan version\n"), "orphan two");
+    git(&repo, &["replace", "--graft", "HEAD"]);
+    git(&repo, &["checkout", "-q", "main"]);
+    env.backup("src", &repo);
+
+    let dest = env.path("restored.git");
+    env.restore("src", &dest, None);
+    assert_eq!(ref_state(&dest), ref_state(&repo));
+    let out = std::process::Command::new("git")
+        .args(["-C", &dest.to_string_lossy(), "fsck", "--full", "--strict"])
+        .env("GIT_NO_REPLACE_OBJECTS", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "fsck without replacements: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(git(&dest, &["--no-replace-objects", "show", "other~1:f.txt"]), format!("{text}first orphan version\n"));
+    assert_eq!(code(&env.rv(&["verify", "--deep"])), 0);
+}

@@ -224,11 +224,8 @@ fn deep_check(ctx: &Context, store: &Store, latest: &StoredSnapshot) -> Result<(
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|e| e == "idx"))
         .collect();
+    // (Two snapshots may hold the same pack, which the rebuilt repository holds once.)
     indexes.sort();
-    let expected: usize = chain.iter().map(|link| link.snapshot.packs.len()).sum();
-    if indexes.len() != expected {
-        anyhow::bail!("the rebuilt repository has {} packs where the chain has {expected}", indexes.len());
-    }
     for path in indexes {
         let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let pack = name.strip_prefix("pack-").unwrap_or(&name);
@@ -247,7 +244,8 @@ fn deep_check(ctx: &Context, store: &Store, latest: &StoredSnapshot) -> Result<(
             .map_err(|e| anyhow::anyhow!("{e}"))
             .with_context(|| format!("pack {pack} fails its integrity check"))?;
     }
-    let repo = gix::open_opts(&target, gix::open::Options::isolated()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut repo = gix::open_opts(&target, gix::open::Options::isolated()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    crate::vcs::git::source::without_replacements(&mut repo);
     let refs = crate::vcs::git::source::read_refs(&repo)?;
     let recorded: BTreeMap<String, String> = refs.refs.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
     if recorded != latest.snapshot.refs {

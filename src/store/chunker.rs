@@ -83,9 +83,12 @@ fn store_all(store: &Store, chunks: &[&[u8]]) -> Result<Vec<(ObjectId, u64)>> {
             .chunks(chunks.len().div_ceil(PARALLEL_PUTS))
             .map(|part| scope.spawn(move || part.iter().map(store_one).collect::<Result<Vec<_>>>()))
             .collect();
+        // Every worker is joined before an error is returned: one left running would be
+        // joined by the scope, which turns a panic in it into ours.
+        let results: Vec<_> = workers.into_iter().map(|w| w.join()).collect();
         let mut stored = Vec::with_capacity(chunks.len());
-        for worker in workers {
-            stored.extend(worker.join().map_err(|_| anyhow::anyhow!("chunk store thread panicked"))??);
+        for result in results {
+            stored.extend(result.map_err(|_| anyhow::anyhow!("chunk store thread panicked"))??);
         }
         Ok(stored)
     })

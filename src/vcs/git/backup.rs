@@ -1,8 +1,8 @@
 //! Backing up a git repository: the objects new since the previous snapshot, as one pack.
 //!
-//! Counting: for a first snapshot, from the source's reachability bitmap when it has one
-//! (`bitmap_count`), else gix-pack walks every tree; for a later one, gix-pack diffs each
-//! new commit's tree against its parents'. Writing: `pack_copy` copies entries from the
+//! Counting: for a first snapshot, `git rev-list` (from the source's reachability bitmap
+//! when it has one; see `rev_list`), else gix-pack walks every tree; for a later one,
+//! gix-pack diffs each new commit's tree against its parents'. Writing: `pack_copy` copies entries from the
 //! source's packs (checking each against the source index's CRC32) into our `PackWriter`,
 //! which streams the pack into the store, chunked, and records each entry's id, offset and
 //! CRC32: the pack index, built without resolving a delta or hashing an object again.
@@ -27,14 +27,14 @@ use gix::ObjectId;
 use gix_pack::data::output::{self, count::objects::ObjectExpansion};
 
 use super::{
-    bitmap_count, delta_bases,
-    pack_copy::{DeltaBases, copy_verbatim, holds_exactly, index_path, source_packs, write_objects},
+    delta_bases,
+    pack_copy::{DeltaBases, copy_verbatim, holds_exactly, index_bytes, source_packs, write_objects},
     pack_index::{IndexEntry, encode_v2},
     pack_writer::PackWriter,
+    rev_list,
     source::RefState,
 };
 use crate::{
-    memory::PackMapTrimmer,
     snapshot::PackRecord,
     store::{
         Store,
@@ -54,6 +54,8 @@ pub struct Previous {
 #[derive(Debug, Default)]
 pub struct PackOutcome {
     pub pack: Option<PackRecord>,
+    /// Objects of earlier snapshots that the pack's thin deltas name as their bases.
+    pub thin_bases: Vec<ObjectId>,
     /// Bytes of pack data read from the source and sent to the store.
     pub bytes_read: u64,
     /// Bytes newly written to the store (after deduplication and compression).
@@ -146,22 +148,20 @@ type Handle = gix::odb::Cache<gix::odb::store::Handle<Arc<gix::odb::Store>>>;
 /// repository took 4.7 s with 64 MiB and 6.5 s with 16 MiB, but every MiB here is resident
 /// during the backup, whose peak must stay near 256 MiB whatever the repository's size.
 const PACK_CACHE_BYTES: usize = 24 << 20;
-/// Resident pages of the source's mapped packs allowed before they are dropped.
-const MAPPED_PACK_LIMIT: u64 = 64 << 20;
 const OBJECT_CACHE_BYTES: usize = 64 << 20;
 
-/// A first snapshot wants everything reachable: git's bitmap answers that in a fraction of
-/// the time gix's tree walk takes (see `bitmap_count`). None when it cannot answer (no
-/// bitmap, no git, a damaged source, a git that refuses the directory): then gix counts,
-/// and its errors name the culprit.
-fn count_with_bitmap(git_dir: &std::path::Path, refs: &RefState, timer: &std::time::Instant) -> Option<Vec<ObjectId>> {
+/// A first snapshot wants everything reachable: `git rev-list` answers that faster than
+/// gix's tree walk, from the reachability bitmap when there is one, and in its own process
+/// (see `rev_list`). None when it cannot answer (no git, a damaged source, a git that
+/// refuses the directory): then gix counts, and its errors name the culprit.
+fn count_with_git(git_dir: &std::path::Path, refs: &RefState, timer: &std::time::Instant) -> Option<Vec<ObjectId>> {
     let tips: Vec<ObjectId> = refs.tips().collect();
-    let counted = bitmap_count::count(git_dir, &tips).unwrap_or_else(|e| {
-        tracing::warn!(error = %format!("{e:#}"), "counting with the reachability bitmap failed; counting with gix");
+    let counted = rev_list::count(git_dir, &tips).unwrap_or_else(|e| {
+        tracing::warn!(error = %format!("{e:#}"), "counting with git rev-list failed; counting with gix");
         None
     });
     if let Some(ids) = &counted {
-        log_phase(timer, "counted objects with the reachability bitmap", ids.len() as u64);
+        log_phase(timer, "counted objects with git rev-list", ids.len() as u64);
     }
     counted
 }
@@ -290,10 +290,9 @@ pub fn write_pack(
         return Ok(PackOutcome::default());
     }
     let object_hash = repo.object_hash();
-    let bitmap_counted = if full { count_with_bitmap(repo.git_dir(), refs, &timer) } else { None };
+    let git_counted = if full { count_with_git(repo.git_dir(), refs, &timer) } else { None };
     let objects_dir = repo.git_dir().join("objects");
     let source_packs = source_packs(&objects_dir, object_hash)?;
-    let repo_pack_dir = objects_dir.join("pack").canonicalize().unwrap_or_else(|_| objects_dir.join("pack"));
     let mut handle: Handle = repo.into_sync().objects.into_shared_arc().to_cache_arc();
     handle.prevent_pack_unload();
     handle.ignore_replacements = true;
@@ -301,10 +300,8 @@ pub fn write_pack(
     if !full {
         handle.set_object_cache(|| Box::new(gix_pack::cache::object::MemoryCappedHashmap::new(OBJECT_CACHE_BYTES)));
     }
-    // Counting maps the source's packs and touches most of their pages; see `memory`.
-    let _trimmer = PackMapTrimmer::start(&repo_pack_dir, MAPPED_PACK_LIMIT);
     let new_commits = if full { Vec::new() } else { selection.commits.clone() };
-    let counted = match bitmap_counted {
+    let counted = match git_counted {
         Some(ids) => ids,
         None => count(&handle, selection, full)?,
     };
@@ -342,13 +339,12 @@ pub fn write_pack(
             writer.finish()
         });
         let mut sink = BlockSender { block: Vec::with_capacity(BLOCK), limiter, output: store_tx, written: 0 };
-        let generated = (|| -> Result<(ObjectId, Index, BlockSender<'_>, usize)> {
+        let generated = (|| -> Result<(ObjectId, Index, BlockSender<'_>, Vec<ObjectId>)> {
             if let Some(pack) = verbatim {
                 let checksum = copy_verbatim(pack, &mut sink)?;
                 sink.flush()?;
-                let path = index_path(pack);
-                let index = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-                return Ok((checksum, Index::Bytes(index), sink, 0));
+                let index = index_bytes(pack, &checksum)?;
+                return Ok((checksum, Index::Bytes(index), sink, Vec::new()));
             }
             let mut writer = PackWriter::new(sink, num_objects, object_hash)?;
             let thin = write_objects(&handle, &source_packs, &counted, &deltas, &mut writer)?;
@@ -376,15 +372,16 @@ pub fn write_pack(
         let mut index_writer = ChunkedWriter::new(store);
         index_writer.write_all(&index)?;
         let (index_chunks, index_stored) = index_writer.finish()?;
-        tracing::debug!(seconds = timer.elapsed().as_secs_f64(), thin_deltas = thin, "index stored");
+        tracing::debug!(seconds = timer.elapsed().as_secs_f64(), thin_bases = thin.len(), "index stored");
         Ok(PackOutcome {
             pack: Some(PackRecord {
                 checksum: checksum.to_string(),
                 objects: u64::from(num_objects),
                 pack: pack_chunks,
                 index: index_chunks,
-                thin: thin > 0,
+                thin: !thin.is_empty(),
             }),
+            thin_bases: thin,
             bytes_read,
             bytes_stored: pack_stored + index_stored,
         })

@@ -7,7 +7,6 @@
 //! - `connectivity`: checking that every object reachable from every ref is present.
 
 pub mod backup;
-pub mod bitmap_count;
 pub mod connectivity;
 pub mod delta;
 pub mod delta_bases;
@@ -15,4 +14,5 @@ pub mod pack_copy;
 pub mod pack_index;
 pub mod pack_writer;
 pub mod restore;
+pub mod rev_list;
 pub mod source;

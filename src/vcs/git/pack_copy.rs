@@ -79,9 +79,11 @@ impl SourcePack {
     }
 }
 
-/// Whether `ids` (distinct) are exactly the objects of `pack`.
+/// Whether `ids` (distinct) are exactly the objects of `pack`, and its index is one that
+/// can be stored as it is (version 2: it records the CRC32s the copy checks, and it is the
+/// version the store format names).
 pub fn holds_exactly(pack: &SourcePack, ids: &[ObjectId]) -> bool {
-    if ids.len() != pack.offsets.len() {
+    if ids.len() != pack.offsets.len() || pack.index.version() != gix_pack::index::Version::V2 {
         return false;
     }
     let mut sorted = ids.to_vec();
@@ -126,9 +128,18 @@ pub fn copy_verbatim(pack: &SourcePack, out: &mut impl Write) -> Result<ObjectId
     Ok(pack.index.pack_checksum())
 }
 
-/// The path of a source pack's index.
-pub fn index_path(pack: &SourcePack) -> std::path::PathBuf {
-    pack.data_path.with_extension("idx")
+/// The bytes of a source pack's index, read again for storing, checked to be the index of
+/// the pack with `checksum` (its trailer names the pack it was made for).
+pub fn index_bytes(pack: &SourcePack, checksum: &ObjectId) -> Result<Vec<u8>> {
+    let path = pack.data_path.with_extension("idx");
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let hash_len = checksum.as_slice().len();
+    let names_pack = bytes.len() >= 2 * hash_len
+        && &bytes[bytes.len() - 2 * hash_len..bytes.len() - hash_len] == checksum.as_slice();
+    if !names_pack {
+        bail!("{} changed while it was being copied: it is no longer the index of pack {checksum}", path.display());
+    }
+    Ok(bytes)
 }
 
 /// The packs of a source's object directory and of its alternates.
@@ -206,14 +217,14 @@ const MAX_DELTA_DEPTH: u8 = 50;
 
 /// Writes `ids` (each once) into `writer`: copied from `packs` where possible, read through
 /// `find` otherwise (then as a delta against its base in `deltas` when that pays). Returns
-/// how many deltas name a base outside the pack.
+/// the bases outside the pack that deltas name (a thin pack's).
 pub fn write_objects<W: Write>(
     find: &dyn gix_pack::Find,
     packs: &[SourcePack],
     ids: &[ObjectId],
     deltas: &DeltaBases,
     writer: &mut PackWriter<W>,
-) -> Result<usize> {
+) -> Result<Vec<ObjectId>> {
     // Where each object is copied from: the first pack holding it, in offset order. The ids
     // are sorted and walked beside each index (sorted too) rather than looked up one by one:
     // a full backup asks for every object, and 715k binary searches cost more than a merge.
@@ -308,7 +319,9 @@ pub fn write_objects<W: Write>(
             }
         }
     }
-    Ok(out.thin)
+    out.thin_bases.sort_unstable();
+    out.thin_bases.dedup();
+    Ok(out.thin_bases)
 }
 
 /// What has been written where, for deltas against it.
@@ -320,8 +333,8 @@ struct Written {
     read: HashMap<ObjectId, (u32, u8)>,
     buf: Vec<u8>,
     base_buf: Vec<u8>,
-    /// Deltas written against a base outside the pack.
-    thin: usize,
+    /// Bases outside the pack that deltas were written against.
+    thin_bases: Vec<ObjectId>,
 }
 
 impl Written {
@@ -358,7 +371,9 @@ impl Written {
             .and_then(|b| self.base_at(packs, deltas, b).map(|at| (*b, at)))
             .filter(|(_, (_, depth))| *depth < MAX_DELTA_DEPTH);
         let (entry, depth) = read_object(find, id, base, &mut self.buf, &mut self.base_buf)?;
-        self.thin += usize::from(matches!(entry.kind, output::entry::Kind::DeltaOid { .. }));
+        if let output::entry::Kind::DeltaOid { id: base } = entry.kind {
+            self.thin_bases.push(base);
+        }
         self.read.insert(id, (position, depth));
         writer.write_entry(entry)
     }

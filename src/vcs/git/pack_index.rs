@@ -1,4 +1,5 @@
-//! Writing a pack index (`.idx`, version 2) for a pack we generated.
+//! Writing a pack index (`.idx`, version 2) for a pack we generated, and looking an id up
+//! in one.
 //!
 //! The pack writer knows every object's id, and a parse of the written bytes gives every
 //! entry's offset and CRC32, so the index is built without resolving deltas or hashing
@@ -66,6 +67,33 @@ pub fn encode_v2(mut entries: Vec<IndexEntry>, pack_checksum: ObjectId) -> Resul
     Ok(out)
 }
 
+/// Whether a version 2 index lists `id`: the fan-out table narrows the range of sorted ids,
+/// a binary search finds it.
+pub fn contains_v2(index: &[u8], id: &gix::oid) -> Result<bool> {
+    let hash_len = id.as_bytes().len();
+    if index.len() < 8 + 1024 || index[..8] != [0xff, b't', b'O', b'c', 0, 0, 0, 2] {
+        bail!("not a version 2 pack index");
+    }
+    let fanout =
+        |i: usize| -> usize { u32::from_be_bytes(index[8 + 4 * i..12 + 4 * i].try_into().expect("4 bytes")) as usize };
+    let first = id.as_bytes()[0] as usize;
+    let (mut low, mut high) = (if first == 0 { 0 } else { fanout(first - 1) }, fanout(first));
+    let ids_at = 8 + 1024;
+    if ids_at + fanout(255) * hash_len > index.len() {
+        bail!("pack index is truncated");
+    }
+    while low < high {
+        let mid = (low + high) / 2;
+        let at = ids_at + mid * hash_len;
+        match index[at..at + hash_len].cmp(id.as_bytes()) {
+            std::cmp::Ordering::Equal => return Ok(true),
+            std::cmp::Ordering::Less => low = mid + 1,
+            std::cmp::Ordering::Greater => high = mid,
+        }
+    }
+    Ok(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,5 +121,24 @@ mod tests {
         index
             .verify_checksum(&mut gix::progress::Discard, &std::sync::atomic::AtomicBool::new(false))
             .expect("the index's own checksum verifies");
+    }
+
+    #[test]
+    fn contains_finds_exactly_the_listed_ids() {
+        let id = |b: u8, c: u8| {
+            let mut bytes = [c; 20];
+            bytes[0] = b;
+            ObjectId::from_bytes_or_panic(&bytes)
+        };
+        let listed = [id(0x00, 1), id(0x00, 9), id(0x42, 3), id(0xff, 0), id(0xff, 7)];
+        let entries = listed.iter().enumerate().map(|(i, &id)| IndexEntry { id, offset: 12 + i as u64, crc32: 0 });
+        let bytes = encode_v2(entries.collect(), id(0xaa, 0xaa)).unwrap();
+        for id in listed {
+            assert!(contains_v2(&bytes, &id).unwrap(), "{id}");
+        }
+        for absent in [id(0x00, 5), id(0x41, 3), id(0x42, 4), id(0xff, 8), id(0x80, 0)] {
+            assert!(!contains_v2(&bytes, &absent).unwrap(), "{absent}");
+        }
+        assert!(contains_v2(&bytes[..100], &listed[0]).is_err());
     }
 }

@@ -34,9 +34,10 @@ impl RefState {
 pub fn open(path: &Path) -> Result<gix::Repository> {
     let mut options = gix::open::Options::isolated();
     options = options.strict_config(false);
-    let repo = gix::open_opts(path, options)
+    let mut repo = gix::open_opts(path, options)
         .map_err(|e| anyhow!("{e}"))
         .with_context(|| format!("{} is not a git repository that can be opened", path.display()))?;
+    without_replacements(&mut repo);
     let config = repo.config_snapshot();
     if let Some(storage) = config.string("extensions.refStorage")
         && storage.as_bytes() != b"files"
@@ -78,6 +79,14 @@ fn ref_name(name: &gix::refs::FullNameRef) -> Result<String> {
         .to_str()
         .map(str::to_owned)
         .map_err(|_| anyhow!("ref name {:?} is not valid UTF-8; such refs are not supported", name.as_bstr()))
+}
+
+/// Makes `repo` read objects as they are stored. gix follows `refs/replace/` by default, so
+/// a history walk would see a replaced (grafted) commit's stand-in and miss the commits
+/// behind the real one, which counting and a restored repository do contain: everything
+/// that reads a source or a restored repository must see the same objects.
+pub fn without_replacements(repo: &mut gix::Repository) {
+    repo.objects.ignore_replacements = true;
 }
 
 /// Reads every ref and HEAD.
