@@ -4,10 +4,12 @@
 //! every entry to find where it ends. The source's own index already says where each entry
 //! starts, so sorting those offsets gives every entry's extent without inflating anything:
 //! copying an entry becomes a memory copy plus the CRC32 check git does when it reuses pack
-//! data. A delta is copied as a delta when its base was already written to our pack;
-//! otherwise (its base is not in this snapshot, or comes later) the object is decoded and
-//! written whole, so that the pack stays self-contained. Objects in no pack (loose ones) are
-//! read, checked against their name, and deflated.
+//! data. A delta is copied as a delta when its base was already written to our pack.
+//! Otherwise (its base is not in this snapshot, or comes later), and for objects in no pack
+//! (loose ones), the object is read whole, checked against its name, and written as a delta
+//! against the base `delta_bases` chose for it when that pays (in this pack, or in an
+//! earlier snapshot: a thin pack), else deflated whole. A first snapshot that is exactly
+//! one source pack is copied byte for byte (`copy_verbatim`).
 
 use std::{io::Write, path::Path};
 
