@@ -7,7 +7,6 @@ use std::{
     io::{Read, Write},
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::{Duration, Instant},
 };
 
 use common::*;
@@ -106,10 +105,7 @@ fn corrupt_packed_object_case(pack_with: &[&str]) {
     commit_file(&repo, "a", &"some long enough content to find in the pack\n".repeat(50), "one");
     git(&repo, pack_with);
     let blob = git(&repo, &["rev-parse", "HEAD:a"]).trim().to_owned();
-    let pack = files_under(&git_dir(&repo).join("objects/pack"))
-        .into_iter()
-        .find(|p| p.extension().is_some_and(|e| e == "pack"))
-        .unwrap();
+    let pack = pack_file(&repo);
     // `git verify-pack -v` lists "id type size size-in-pack offset": flip a byte inside the blob's
     // compressed data, which a pack copy passes along without decoding.
     let listing = git(&repo, &["verify-pack", "-v", &pack.with_extension("idx").to_string_lossy()]);
@@ -187,32 +183,19 @@ fn deep_verify_rebuilds_and_checks_connectivity() {
 fn backup_killed_midway_is_completed_by_the_next_run() {
     let env = Env::new();
     env.init_store();
-    let repo = new_repo(&env.path("big"));
     // Enough incompressible data for several chunks, so the kill lands mid-stream.
-    for i in 0..6 {
-        let data = noise_bytes(i, 3_000_000);
-        std::fs::write(repo.join(format!("blob{i}")), data).unwrap();
-    }
-    git(&repo, &["add", "-A"]);
-    git(&repo, &["commit", "-q", "-m", "big"]);
+    let repo = big_repo(&env.path("big"), 6, 3_000_000);
 
     let store = env.path("store");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_repovault"))
-        .args(["backup", &repo.to_string_lossy()])
-        .env("REPOVAULT_STORE", env.store())
-        .env("TMPDIR", env.dir.path())
+    let mut child = env
+        .rv_command(&["backup", &repo.to_string_lossy()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let start = Instant::now();
     // Kill it once a good part of the pack is stored, so that a re-run that stored it all
     // again would show.
-    let stored_bytes =
-        || -> u64 { store_objects(&store).iter().filter_map(|f| f.metadata().ok()).map(|m| m.len()).sum() };
-    while stored_bytes() < 6_000_000 && start.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_for_stored_bytes(&store, 6_000_000);
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     assert!(!store_objects(&store).is_empty(), "the backup had started storing");
@@ -223,12 +206,9 @@ fn backup_killed_midway_is_completed_by_the_next_run() {
     // What the killed run stored is reused, not stored a second time.
     let listed: serde_json::Value = serde_json::from_str(&env.rv_ok(&["snapshots", "big", "--json"])).unwrap();
     let pack_bytes = listed[0]["pack_bytes"].as_u64().unwrap();
-    let stored: u64 = store_objects(&store).iter().map(|f| f.metadata().unwrap().len()).sum();
+    let stored = stored_bytes(&store);
     assert!(stored < pack_bytes + pack_bytes / 5, "stored {stored} bytes for a {pack_bytes}-byte pack");
-    let dest = env.path("out");
-    env.restore("big", &dest, None);
-    fsck(&dest);
-    assert_eq!(ref_state(&dest), ref_state(&repo));
+    env.restore_matches("big", &env.path("out"), &repo);
 }
 
 #[test]

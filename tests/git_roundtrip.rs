@@ -3,7 +3,27 @@
 
 mod common;
 
+use std::path::Path;
+
 use common::*;
+
+/// A history with a branch merged into main, an annotated tag, an annotated tag of a tree
+/// (returned: the root tree's id), a lightweight tag of a blob and a note on main.
+fn branches_tags_and_notes(repo: &Path) -> String {
+    commit_file(repo, "a.txt", "one\n", "first");
+    git(repo, &["checkout", "-q", "-b", "feature"]);
+    commit_file(repo, "b/c.txt", "feature\n", "feature work");
+    git(repo, &["checkout", "-q", "main"]);
+    commit_file(repo, "a.txt", "one\ntwo\n", "second");
+    git(repo, &["merge", "-q", "--no-ff", "-m", "merge feature", "feature"]);
+    git(repo, &["tag", "-a", "v1.0", "-m", "release 1.0"]);
+    let tree = git(repo, &["rev-parse", "HEAD^{tree}"]).trim().to_owned();
+    git(repo, &["tag", "-a", "tree-tag", "-m", "a tree", &tree]);
+    let blob = git(repo, &["rev-parse", "HEAD:a.txt"]).trim().to_owned();
+    git(repo, &["tag", "blob-light", &blob]);
+    git(repo, &["notes", "add", "-m", "a note", "HEAD"]);
+    tree
+}
 
 /// Branches, a merge, annotated and lightweight tags, a tag of a tree and of a blob, a tag
 /// of a tag, notes, unicode ref names and a symbolic ref.
@@ -12,29 +32,16 @@ fn every_kind_of_ref_round_trips() {
     let env = Env::new();
     env.init_store();
     let repo = new_repo(&env.path("src"));
-    commit_file(&repo, "a.txt", "one\n", "first");
-    git(&repo, &["checkout", "-q", "-b", "feature"]);
-    commit_file(&repo, "b/c.txt", "feature\n", "feature work");
-    git(&repo, &["checkout", "-q", "main"]);
-    commit_file(&repo, "a.txt", "one\ntwo\n", "second");
-    git(&repo, &["merge", "-q", "--no-ff", "-m", "merge feature", "feature"]);
-    git(&repo, &["tag", "-a", "v1.0", "-m", "release 1.0"]);
+    let tree = branches_tags_and_notes(&repo);
     git(&repo, &["tag", "light", "HEAD~1"]);
-    let tree = git(&repo, &["rev-parse", "HEAD^{tree}"]).trim().to_owned();
-    git(&repo, &["tag", "-a", "tree-tag", "-m", "a tree", &tree]);
-    let blob = git(&repo, &["rev-parse", "HEAD:a.txt"]).trim().to_owned();
-    git(&repo, &["tag", "blob-light", &blob]);
     git(&repo, &["tag", "-a", "tag-of-tag", "-m", "nested", "v1.0"]);
-    git(&repo, &["notes", "add", "-m", "a note", "HEAD"]);
     git(&repo, &["branch", "ünïcødé/ветка-🚀"]);
     git(&repo, &["update-ref", "refs/custom/namespace/thing", "HEAD~1"]);
     git(&repo, &["symbolic-ref", "refs/remotes/origin/HEAD", "refs/heads/feature"]);
 
     env.backup("src", &repo);
     let dest = env.path("restored.git");
-    env.restore("src", &dest, None);
-    assert_eq!(ref_state(&dest), ref_state(&repo));
-    fsck(&dest);
+    env.restore_matches("src", &dest, &repo);
     assert_eq!(git(&dest, &["notes", "show", "main"]), "a note\n");
     assert_eq!(git(&dest, &["cat-file", "-p", "tree-tag"]).lines().next().unwrap(), format!("object {tree}"));
 }
@@ -47,17 +54,7 @@ fn source_with_a_bitmap_is_counted_from_it_and_round_trips() {
     let env = Env::new();
     env.init_store();
     let repo = new_repo(&env.path("src"));
-    commit_file(&repo, "a.txt", "one\n", "first");
-    git(&repo, &["checkout", "-q", "-b", "feature"]);
-    commit_file(&repo, "b/c.txt", "feature\n", "feature work");
-    git(&repo, &["checkout", "-q", "main"]);
-    git(&repo, &["merge", "-q", "--no-ff", "-m", "merge feature", "feature"]);
-    git(&repo, &["tag", "-a", "v1.0", "-m", "release 1.0"]);
-    let tree = git(&repo, &["rev-parse", "HEAD^{tree}"]).trim().to_owned();
-    git(&repo, &["tag", "-a", "tree-tag", "-m", "a tree", &tree]);
-    let blob = git(&repo, &["rev-parse", "HEAD:a.txt"]).trim().to_owned();
-    git(&repo, &["tag", "blob-light", &blob]);
-    git(&repo, &["notes", "add", "-m", "a note", "HEAD"]);
+    branches_tags_and_notes(&repo);
     git(&repo, &["repack", "-q", "-a", "-d", "--write-bitmap-index"]);
     let packs = files_under(&git_dir(&repo).join("objects/pack"));
     assert!(packs.iter().any(|p| p.extension().is_some_and(|e| e == "bitmap")), "{packs:?}");
@@ -70,9 +67,7 @@ fn source_with_a_bitmap_is_counted_from_it_and_round_trips() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(stderr(&out).contains("counted objects with git rev-list"), "{}", stderr(&out));
     let dest = env.path("restored.git");
-    env.restore("src", &dest, None);
-    assert_eq!(ref_state(&dest), ref_state(&repo));
-    fsck(&dest);
+    env.restore_matches("src", &dest, &repo);
     assert_eq!(git(&dest, &["notes", "show", "main"]), "a note\n");
     assert_eq!(git(&dest, &["show", "after-repack:d.txt"]), "new after the repack\n");
     assert_eq!(code(&env.rv(&["verify", "--deep"])), 0);
@@ -90,18 +85,13 @@ fn freshly_repacked_source_is_stored_as_its_own_pack() {
     }
     git(&repo, &["tag", "-a", "v1", "-m", "one"]);
     git(&repo, &["repack", "-q", "-a", "-d", "--write-bitmap-index"]);
-    let source_pack = files_under(&git_dir(&repo).join("objects/pack"))
-        .into_iter()
-        .find(|p| p.extension().is_some_and(|e| e == "pack"))
-        .unwrap();
+    let source_pack = pack_file(&repo);
 
     let out = env.rv(&["-vv", "backup", &repo.to_string_lossy()]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(stderr(&out).contains("storing it as it is"), "{}", stderr(&out));
     let dest = env.path("restored.git");
-    env.restore("src", &dest, None);
-    assert_eq!(ref_state(&dest), ref_state(&repo));
-    fsck(&dest);
+    env.restore_matches("src", &dest, &repo);
     let restored_pack = dest.join("objects/pack").join(source_pack.file_name().unwrap());
     assert!(std::fs::read(&restored_pack).unwrap() == std::fs::read(&source_pack).unwrap(), "same pack bytes");
     assert_eq!(code(&env.rv(&["verify", "--deep"])), 0);
@@ -114,26 +104,15 @@ fn first_snapshot_without_git_on_the_path_is_counted_by_gix() {
     let env = Env::new();
     env.init_store();
     let repo = new_repo(&env.path("src"));
-    commit_file(&repo, "a.txt", "one\n", "first");
-    git(&repo, &["checkout", "-q", "-b", "side"]);
-    commit_file(&repo, "dir/b.txt", "side\n", "side work");
-    git(&repo, &["checkout", "-q", "main"]);
-    git(&repo, &["merge", "-q", "--no-ff", "-m", "merge", "side"]);
-    git(&repo, &["tag", "-a", "v1", "-m", "one"]);
-    let tree = git(&repo, &["rev-parse", "HEAD^{tree}"]).trim().to_owned();
-    git(&repo, &["tag", "tree-tag", &tree]);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_repovault"))
-        .args(["-vv", "backup", &repo.to_string_lossy()])
-        .env("REPOVAULT_STORE", env.store())
+    branches_tags_and_notes(&repo);
+    let out = env
+        .rv_command(&["-vv", "backup", &repo.to_string_lossy()])
         .env("PATH", env.path("no-such-dir"))
         .output()
         .unwrap();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(!stderr(&out).contains("counted objects with git rev-list"), "{}", stderr(&out));
-    let dest = env.path("restored.git");
-    env.restore("src", &dest, None);
-    assert_eq!(ref_state(&dest), ref_state(&repo));
-    fsck(&dest);
+    env.restore_matches("src", &env.path("restored.git"), &repo);
 }
 
 #[test]

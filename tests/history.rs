@@ -275,10 +275,7 @@ fn a_version_1_store_gets_no_thin_packs() {
     let (full, incremental) = (listed[0]["pack_bytes"].as_u64().unwrap(), listed[1]["pack_bytes"].as_u64().unwrap());
     assert!(incremental < full + full / 2, "two versions took {incremental} bytes, one took {full}");
     assert_eq!(std::fs::read_to_string(&config_path).unwrap(), config);
-    let dest = env.path("out");
-    env.restore("src", &dest, None);
-    fsck(&dest);
-    assert_eq!(ref_state(&dest), ref_state(&repo));
+    env.restore_matches("src", &env.path("out"), &repo);
 }
 
 /// A replace ref (`git replace --graft`) hides history from anything that follows
@@ -301,8 +298,7 @@ fn replace_refs_do_not_hide_objects_from_a_snapshot() {
     env.backup("src", &repo);
 
     let dest = env.path("restored.git");
-    env.restore("src", &dest, None);
-    assert_eq!(ref_state(&dest), ref_state(&repo));
+    env.restore_matches("src", &dest, &repo);
     let out = std::process::Command::new("git")
         .args(["-C", &dest.to_string_lossy(), "fsck", "--full", "--strict"])
         .env("GIT_NO_REPLACE_OBJECTS", "1")

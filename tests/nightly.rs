@@ -5,7 +5,7 @@ mod common;
 
 use std::{
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
+    process::{Child, Output, Stdio},
     time::{Duration, Instant},
 };
 
@@ -76,11 +76,9 @@ impl Forge {
     }
 
     fn spawn_run(&self, extra: &[&str]) -> Child {
-        Command::new(env!("CARGO_BIN_EXE_repovault"))
-            .args(["run", "--scan", self.root.to_str().unwrap()])
+        self.env
+            .rv_command(&["run", "--scan", self.root.to_str().unwrap()])
             .args(extra)
-            .env("REPOVAULT_STORE", self.env.store())
-            .env("TMPDIR", self.env.dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

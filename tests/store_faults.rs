@@ -4,24 +4,9 @@
 
 mod common;
 
-use std::{
-    path::Path,
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::process::{Command, Stdio};
 
 use common::*;
-
-/// A repository holding `megabytes` MB of incompressible data in one commit.
-fn big_repo(path: &Path, megabytes: u64) -> std::path::PathBuf {
-    let repo = new_repo(path);
-    for i in 0..megabytes {
-        std::fs::write(repo.join(format!("blob{i}")), noise_bytes(i, 1_000_000)).unwrap();
-    }
-    git(&repo, &["add", "-A"]);
-    git(&repo, &["commit", "-q", "-m", "big"]);
-    repo
-}
 
 /// The store lives on a 3 MiB tmpfs (mounted in a private mount namespace by `unshare`, so
 /// the test needs no privileges beyond user namespaces): the first backup of a 9 MB
@@ -30,7 +15,7 @@ fn big_repo(path: &Path, megabytes: u64) -> std::path::PathBuf {
 #[test]
 fn full_disk_fails_cleanly_and_the_next_run_completes() {
     let env = Env::new();
-    let repo = big_repo(&env.path("big"), 9);
+    let repo = big_repo(&env.path("big"), 9, 1_000_000);
     let mount = env.path("small-disk");
     std::fs::create_dir(&mount).unwrap();
     let dest = env.path("restored");
@@ -100,25 +85,17 @@ fn store_vanishing_mid_run_fails_cleanly_and_the_next_run_completes() {
     env.init_store();
     let forge = env.path("forge");
     std::fs::create_dir(&forge).unwrap();
-    let repo = big_repo(&forge.join("big"), 9);
+    let repo = big_repo(&forge.join("big"), 9, 1_000_000);
     let store = env.path("store");
     let away = env.path("store-away");
 
-    let child = Command::new(env!("CARGO_BIN_EXE_repovault"))
-        .args(["run", "--scan", &forge.to_string_lossy(), "--rate-limit", "1MiB"])
-        .env("REPOVAULT_STORE", env.store())
-        .env("TMPDIR", env.dir.path())
+    let child = env
+        .rv_command(&["run", "--scan", &forge.to_string_lossy(), "--rate-limit", "1MiB"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let start = Instant::now();
-    let stored_bytes =
-        || -> u64 { store_objects(&store).iter().filter_map(|f| f.metadata().ok()).map(|m| m.len()).sum() };
-    while stored_bytes() < 2_000_000 && start.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    assert!(stored_bytes() >= 2_000_000, "the run was storing when the store went away");
+    assert!(wait_for_stored_bytes(&store, 2_000_000), "the run was storing when the store went away");
     std::fs::rename(&store, &away).unwrap();
     let out = child.wait_with_output().unwrap();
     let err = stderr(&out);
@@ -134,8 +111,5 @@ fn store_vanishing_mid_run_fails_cleanly_and_the_next_run_completes() {
     assert_eq!(code(&again), 0, "the next run completes:\n{}", stderr(&again));
     assert_eq!(snapshot_count(&store), 1);
     assert_eq!(code(&env.rv(&["verify"])), 0);
-    let dest = env.path("restored");
-    env.restore("big", &dest, None);
-    fsck(&dest);
-    assert_eq!(ref_state(&dest), ref_state(&repo));
+    env.restore_matches("big", &env.path("restored"), &repo);
 }

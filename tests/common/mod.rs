@@ -24,15 +24,21 @@ impl Env {
         self.path("store").to_string_lossy().into_owned()
     }
 
-    /// Runs repovault with `--store` set to this env's store via the environment.
-    pub fn rv(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_repovault"))
+    /// repovault with `--store` set to this env's store via the environment, ready to run
+    /// or spawn.
+    pub fn rv_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_repovault"));
+        command
             .args(args)
             .env("REPOVAULT_STORE", self.store())
             .env("TMPDIR", self.dir.path())
-            .current_dir(self.dir.path())
-            .output()
-            .expect("run repovault")
+            .current_dir(self.dir.path());
+        command
+    }
+
+    /// Runs repovault with `--store` set to this env's store via the environment.
+    pub fn rv(&self, args: &[&str]) -> Output {
+        self.rv_command(args).output().expect("run repovault")
     }
 
     /// Runs repovault and asserts it exited 0; returns stdout.
@@ -52,6 +58,14 @@ impl Env {
         let id = out.trim().to_owned();
         assert_eq!(id.len(), 64, "snapshot id on stdout: {out:?}");
         id
+    }
+
+    /// Restores the latest snapshot of `name` into `dest` and asserts that it has exactly
+    /// `source`'s refs and HEAD and passes `git fsck --full`.
+    pub fn restore_matches(&self, name: &str, dest: &Path, source: &Path) {
+        self.restore(name, dest, None);
+        assert_eq!(ref_state(dest), ref_state(source));
+        fsck(dest);
     }
 
     pub fn restore(&self, name: &str, dest: &Path, at: Option<&str>) {
@@ -157,6 +171,44 @@ pub fn store_objects(store: &Path) -> Vec<PathBuf> {
         .into_iter()
         .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
         .collect()
+}
+
+/// Bytes of the store's object files so far.
+pub fn stored_bytes(store: &Path) -> u64 {
+    store_objects(store).iter().filter_map(|f| f.metadata().ok()).map(|m| m.len()).sum()
+}
+
+/// Waits (at most a minute) until a running backup has stored `at_least` bytes; returns
+/// whether it did.
+pub fn wait_for_stored_bytes(store: &Path, at_least: u64) -> bool {
+    let start = std::time::Instant::now();
+    while stored_bytes(store) < at_least {
+        if start.elapsed() > std::time::Duration::from_secs(60) {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    true
+}
+
+/// A repository at `path` holding `files` files of `bytes_each` incompressible bytes in one
+/// commit: enough data for a backup that takes a while and spans several chunks.
+pub fn big_repo(path: &Path, files: u64, bytes_each: usize) -> PathBuf {
+    let repo = new_repo(path);
+    for i in 0..files {
+        std::fs::write(repo.join(format!("blob{i}")), noise_bytes(i, bytes_each)).unwrap();
+    }
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "big"]);
+    repo
+}
+
+/// The repository's one pack file (after a repack).
+pub fn pack_file(repo: &Path) -> PathBuf {
+    files_under(&git_dir(repo).join("objects/pack"))
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "pack"))
+        .expect("the repository has a pack")
 }
 
 pub fn snapshot_count(store: &Path) -> usize {
