@@ -225,6 +225,10 @@ enum Index {
 
 /// A debug line per phase, with the resident memory: what `scripts/bench` profiles.
 fn log_phase(timer: &std::time::Instant, phase: &str, amount: u64) {
+    // Reading /proc costs a little; only worth it when the line is written.
+    if !tracing::enabled!(tracing::Level::DEBUG) {
+        return;
+    }
     let rss = crate::memory::rss().unwrap_or_default();
     tracing::debug!(
         seconds = timer.elapsed().as_secs_f64(),
