@@ -32,6 +32,16 @@ pub struct Config {
     pub jobs: Option<usize>,
     /// Default `--rate-limit` of `run`.
     pub rate_limit: Option<String>,
+    /// Default `--scan` root of `run` and `lag`.
+    pub scan: Option<PathBuf>,
+    /// Default `--max-lag` of `lag` (26h, 90m, 2d).
+    pub max_lag: Option<String>,
+    /// Default `--prometheus` file of `lag`.
+    pub prometheus: Option<PathBuf>,
+    /// `-q` by default: errors only.
+    pub quiet: Option<bool>,
+    /// `-v` by default: how many (0 to 2).
+    pub verbose: Option<u8>,
 }
 
 impl Config {

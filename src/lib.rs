@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod memory;
 pub mod name;
+pub mod output;
 pub mod scheduler;
 pub mod snapshot;
 pub mod source;

@@ -8,6 +8,7 @@ use repovault::{
     commands::{self, Context, Outcome},
     config::Config,
     error::is_usage,
+    output,
 };
 
 #[derive(Debug, Parser)]
@@ -51,6 +52,8 @@ enum Command {
     Run(commands::run::RunArgs),
     /// Freshness: how far each repository's latest snapshot is behind its source.
     Lag(commands::lag::LagArgs),
+    /// Drop snapshots (a damaged one, or one not wanted); later snapshots chained to it say so.
+    Forget(commands::forget::ForgetArgs),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +67,8 @@ fn main() -> ExitCode {
             });
         }
     };
+    // Until the config is read, errors are plain text (or JSON when the flag says so).
+    output::init(matches!(cli.log_format, Some(LogFormat::Json)), cli.quiet);
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(e) => return report(&e),
@@ -73,12 +78,16 @@ fn main() -> ExitCode {
         (None, Some("json")) => LogFormat::Json,
         (None, Some("text") | None) => LogFormat::Text,
         (None, Some(other)) => {
-            eprintln!("error: config: log_format must be \"text\" or \"json\", not {other:?}");
+            output::error(&format!("config: log_format must be \"text\" or \"json\", not {other:?}"));
             return ExitCode::from(2);
         }
     };
-    init_logging(format, cli.verbose, cli.quiet);
-    let ctx = Context { config, scratch_dir: None, log_json: matches!(format, LogFormat::Json), quiet: cli.quiet };
+    let quiet = cli.quiet || (cli.verbose == 0 && config.quiet.unwrap_or(false));
+    let verbose = if cli.verbose > 0 { cli.verbose } else { config.verbose.unwrap_or(0) };
+    let json = matches!(format, LogFormat::Json);
+    output::init(json, quiet);
+    init_logging(format, verbose, quiet);
+    let ctx = Context { config, scratch_dir: None, log_json: json, quiet };
     let result = match &cli.command {
         Command::Init(args) => commands::init::run(&ctx, args),
         Command::Backup(args) => commands::backup::run(&ctx, args),
@@ -87,6 +96,7 @@ fn main() -> ExitCode {
         Command::Verify(args) => commands::verify::run(&ctx, args),
         Command::Run(args) => commands::run::run(&ctx, args),
         Command::Lag(args) => commands::lag::run(&ctx, args),
+        Command::Forget(args) => commands::forget::run(&ctx, args),
     };
     match result {
         Ok(Outcome::Done) => ExitCode::SUCCESS,
@@ -99,7 +109,7 @@ fn main() -> ExitCode {
 
 /// One readable line per error: the context chain joined, no backtrace.
 fn report(err: &anyhow::Error) -> ExitCode {
-    eprintln!("error: {err:#}");
+    output::error(&format!("{err:#}"));
     ExitCode::from(if is_usage(err) { 2 } else { 1 })
 }
 
@@ -114,7 +124,11 @@ fn init_logging(format: LogFormat, verbose: u8, quiet: bool) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("REPOVAULT_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("repovault={level}")));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only for a person at a terminal; a log file or journal gets plain text.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),

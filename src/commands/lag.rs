@@ -61,7 +61,7 @@ pub fn run(ctx: &Context, args: &LagArgs) -> Result<Outcome> {
     let max_lag =
         args.max_lag.as_deref().map(|d| parse_duration(d).map_err(|e| usage(format!("--max-lag: {e}")))).transpose()?;
     let store = ctx.open_store(&args.store)?;
-    let found = args.feed.discover()?;
+    let found = args.feed.discover(&ctx.config)?;
     let report = measure(&store, &found.repositories, max_lag.map(|d| d.as_secs() as i64), Utc::now())?;
 
     if let Some(path) = &args.prometheus {

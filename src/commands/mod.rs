@@ -2,6 +2,8 @@
 //! returning the [`Outcome`] that `main` turns into an exit code.
 
 pub mod backup;
+pub mod feed;
+pub mod forget;
 pub mod init;
 pub mod lag;
 pub mod restore;
@@ -13,7 +15,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::error::usage;
+pub use feed::FeedArgs;
 
 /// How a command ended, when it did not fail outright.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,30 +36,6 @@ pub struct StoreArg {
     /// The store: a local or NFS path (ssh:// stores are planned).
     #[arg(long, env = "REPOVAULT_STORE", value_name = "STORE")]
     pub store: Option<String>,
-}
-
-/// Where `run` and `lag` learn which repositories exist: `--scan ROOT` or the change feed.
-#[derive(Debug, Clone, Args)]
-pub struct FeedArgs {
-    /// Find repositories by walking this directory (wins over --database-url).
-    #[arg(long, value_name = "ROOT")]
-    pub scan: Option<PathBuf>,
-    /// Learn which repositories changed from this PostgreSQL database.
-    #[arg(long, env = "DATABASE_URL", value_name = "URL")]
-    pub database_url: Option<String>,
-}
-
-impl FeedArgs {
-    /// The repositories the feed lists now.
-    pub fn discover(&self) -> anyhow::Result<crate::source::scan::ScanResult> {
-        match (&self.scan, &self.database_url) {
-            (Some(root), _) => crate::source::scan::scan(root).map_err(|e| usage(format!("{e:#}"))),
-            (None, Some(_)) => Err(usage(
-                "--database-url: the PostgreSQL change feed is not available in this build yet; use --scan ROOT",
-            )),
-            (None, None) => Err(usage("say where repositories are: --scan ROOT or --database-url URL")),
-        }
-    }
 }
 
 /// Options every command sees.

@@ -55,7 +55,7 @@ pub fn run(ctx: &Context, args: &RunArgs) -> Result<Outcome> {
         .transpose()?
         .map(RateLimiter::new);
     let store = ctx.open_store(&args.store)?;
-    let found = args.feed.discover()?;
+    let found = args.feed.discover(&ctx.config)?;
 
     let _lock = if args.dry_run {
         None

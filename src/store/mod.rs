@@ -6,6 +6,7 @@ pub mod backend;
 pub mod chunker;
 pub mod local;
 pub mod lock;
+pub mod runs;
 
 use std::{io, path::Path};
 
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::{error::usage, snapshot::Snapshot};
 pub use backend::Backend;
 use local::LocalBackend;
+pub use runs::RunRecord;
 
 /// The store format this binary writes into new stores. See docs/FORMAT.md.
 pub const FORMAT_VERSION: u32 = 2;
@@ -81,32 +83,17 @@ pub struct PutOutcome {
     pub stored_bytes: u64,
 }
 
-/// What one `run` did, kept in `runs/` (see docs/FORMAT.md).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct RunRecord {
-    pub host: String,
-    pub started_at: chrono::DateTime<chrono::Utc>,
-    pub finished_at: chrono::DateTime<chrono::Utc>,
-    pub examined: u64,
-    pub changed: u64,
-    pub backed_up: u64,
-    pub unchanged: u64,
-    pub failed: u64,
-    pub gone: u64,
-    pub bytes_read: u64,
-    pub bytes_stored: u64,
-    pub failed_repos: Vec<String>,
-}
-
 /// File names of snapshots start with their creation time in this format, so that a
 /// directory listing is already in time order.
-const STAMP_FORMAT: &str = "%Y%m%dT%H%M%S%.9fZ";
+pub(crate) const STAMP_FORMAT: &str = "%Y%m%dT%H%M%S%.9fZ";
 
 /// A snapshot file found by listing, not yet read.
 #[derive(Debug, Clone)]
 pub struct SnapshotEntry {
     pub path: String,
     pub id: String,
+    /// The repository's directory key (see [`repo_key`]).
+    pub key: String,
     stamp: String,
 }
 
@@ -115,6 +102,25 @@ pub struct SnapshotEntry {
 pub struct StoredSnapshot {
     pub id: String,
     pub snapshot: Snapshot,
+}
+
+/// A snapshot file that cannot be read or no longer hashes to its name.
+#[derive(Debug)]
+pub struct DamagedSnapshot {
+    pub entry: SnapshotEntry,
+    /// The repository, when known (asked for by name, or named by another of its snapshots).
+    pub repo: Option<String>,
+    pub error: anyhow::Error,
+}
+
+impl DamagedSnapshot {
+    /// How to name the repository in a message when its name is unknown.
+    pub fn repo_label(&self) -> String {
+        match &self.repo {
+            Some(repo) => repo.clone(),
+            None => format!("(unknown: every snapshot under snapshots/{} is damaged)", self.entry.key),
+        }
+    }
 }
 
 pub struct Store {
@@ -304,6 +310,7 @@ impl Store {
                 entries.push(SnapshotEntry {
                     path: format!("snapshots/{key}/{file}"),
                     id: id.to_owned(),
+                    key: key.to_owned(),
                     stamp: stamp.to_owned(),
                 });
             }
@@ -337,6 +344,38 @@ impl Store {
         Ok(all)
     }
 
+    /// Snapshots of one repository (or of all), oldest first, and apart from them the
+    /// snapshot files that cannot be read or no longer hash to their name. One damaged
+    /// manifest must not hide the others: callers list what is readable and name the rest.
+    pub fn snapshots_and_damage(&self, repo: Option<&str>) -> Result<(Vec<StoredSnapshot>, Vec<DamagedSnapshot>)> {
+        let mut good = Vec::new();
+        let mut damaged = Vec::new();
+        for entry in self.snapshot_entries(repo)? {
+            match self.load_snapshot(&entry) {
+                Ok(loaded) if repo.is_none_or(|r| r == loaded.snapshot.repo) => good.push(loaded),
+                Ok(_) => {}
+                Err(error) => damaged.push(DamagedSnapshot { entry, repo: repo.map(str::to_owned), error }),
+            }
+        }
+        if repo.is_none() {
+            for d in &mut damaged {
+                d.repo = good
+                    .iter()
+                    .rev()
+                    .find(|s| repo_key(&s.snapshot.repo) == d.entry.key)
+                    .map(|s| s.snapshot.repo.clone());
+            }
+        }
+        Ok((good, damaged))
+    }
+
+    /// The repository whose snapshots are under `key`, learnt from the newest of them that
+    /// still reads; `None` when none does (the name is only inside the manifests).
+    pub fn name_of_key(&self, key: &str) -> Option<String> {
+        let entries = self.entries_under(key).ok()?;
+        entries.iter().rev().find_map(|e| self.load_snapshot(e).ok()).map(|s| s.snapshot.repo)
+    }
+
     /// Reads one snapshot of `repo` by its full id.
     pub fn read_snapshot(&self, repo: &str, id: &str) -> Result<Snapshot> {
         let entry = self
@@ -360,27 +399,6 @@ impl Store {
     /// The latest snapshot under a repository key, if any.
     pub fn latest_snapshot_by_key(&self, key: &str) -> Result<Option<StoredSnapshot>> {
         self.entries_under(key)?.last().map(|e| self.load_snapshot(e)).transpose()
-    }
-
-    /// Records what a `run` did, for `lag --prometheus` and for people.
-    pub fn write_run_record(&self, record: &RunRecord) -> Result<()> {
-        self.backend.create_dir("runs")?;
-        let bytes = serde_json::to_vec_pretty(record)?;
-        let file = format!("runs/{}-{}", record.finished_at.format(STAMP_FORMAT), &hash_hex(&bytes)[..16]);
-        self.backend.write_new(&file, &bytes).with_context(|| format!("store {}: writing {file}", self.location()))?;
-        Ok(())
-    }
-
-    /// The most recent run record, if any run finished.
-    pub fn last_run_record(&self) -> Result<Option<RunRecord>> {
-        let Some(last) = self.backend.list("runs")?.pop() else {
-            return Ok(None);
-        };
-        let raw = self.backend.read(&format!("runs/{last}"))?;
-        Ok(Some(
-            serde_json::from_slice(&raw)
-                .with_context(|| format!("store {}: runs/{last} does not parse", self.location()))?,
-        ))
     }
 
     /// A snapshot and all its ancestors, oldest first. A parent that is missing is an error:

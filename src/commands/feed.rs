@@ -1,0 +1,32 @@
+//! Where `run` and `lag` learn which repositories exist: `--scan ROOT` or the change feed.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::error::usage;
+
+#[derive(Debug, Clone, Args)]
+pub struct FeedArgs {
+    /// Find repositories by walking this directory (wins over --database-url).
+    #[arg(long, value_name = "ROOT")]
+    pub scan: Option<PathBuf>,
+    /// Learn which repositories changed from this PostgreSQL database.
+    #[arg(long, env = "DATABASE_URL", value_name = "URL")]
+    pub database_url: Option<String>,
+}
+
+impl FeedArgs {
+    /// The repositories the feed lists now.
+    pub fn discover(&self, config: &crate::config::Config) -> anyhow::Result<crate::source::scan::ScanResult> {
+        let scan = self.scan.as_ref().or(config.scan.as_ref());
+        let database_url = self.database_url.as_ref().or(config.database_url.as_ref());
+        match (scan, database_url) {
+            (Some(root), _) => crate::source::scan::scan(root).map_err(|e| usage(format!("{e:#}"))),
+            (None, Some(_)) => Err(usage(
+                "--database-url: the PostgreSQL change feed is not available in this build yet; use --scan ROOT",
+            )),
+            (None, None) => Err(usage("say where repositories are: --scan ROOT or --database-url URL")),
+        }
+    }
+}
