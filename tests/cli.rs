@@ -11,6 +11,10 @@ fn hostile_names_are_refused_without_touching_the_filesystem() {
     let repo = new_repo(&env.path("src"));
     commit_file(&repo, "f", "x", "c");
     let before = files_under(env.dir.path());
+    // `../x` from the store would be a sibling of the test's directory; whatever the machine
+    // has there already must be left exactly as it was.
+    let sibling = env.dir.path().parent().unwrap().join("x");
+    let sibling_before = std::fs::symlink_metadata(&sibling).ok().map(|m| (m.len(), m.modified().ok()));
     for name in ["../x", "/abs", "", "a/../../b", "a\\b", "./a"] {
         let out = env.rv(&["backup", "--name", name, &repo.to_string_lossy()]);
         assert_eq!(code(&out), 2, "name {name:?}: {}", stderr(&out));
@@ -19,7 +23,8 @@ fn hostile_names_are_refused_without_touching_the_filesystem() {
         assert_eq!(code(&out), 2, "restore name {name:?}: {}", stderr(&out));
     }
     assert_eq!(files_under(env.dir.path()), before, "nothing was written anywhere");
-    assert!(!env.dir.path().parent().unwrap().join("x").exists());
+    let sibling_after = std::fs::symlink_metadata(&sibling).ok().map(|m| (m.len(), m.modified().ok()));
+    assert_eq!(sibling_after, sibling_before, "{} was not created or touched", sibling.display());
 }
 
 #[test]
@@ -104,6 +109,7 @@ fn store_comes_from_flag_then_env_then_config_file() {
     std::fs::write(&config, "no_such_key = 1\n").unwrap();
     let out = run(&["snapshots"], true);
     assert_eq!(code(&out), 2, "unknown config keys are refused: {}", stderr(&out));
+    assert!(stderr(&out).contains("no_such_key"), "the unknown key is named: {}", stderr(&out));
 }
 
 #[test]
@@ -179,4 +185,142 @@ fn a_store_of_an_unknown_format_is_refused_clearly() {
         assert!(stderr(&out).contains("format version 3 is not supported"), "{args:?}: {}", stderr(&out));
     }
     assert_eq!(snapshot_count(&env.path("store")), 0);
+}
+
+fn snapshots_json(env: &Env, name: &str) -> Vec<serde_json::Value> {
+    let list: serde_json::Value = serde_json::from_str(&env.rv_ok(&["snapshots", "--json", name])).unwrap();
+    list.as_array().unwrap().clone()
+}
+
+/// `snapshots` shows times to the second; `--at` with such a time must pick the snapshot
+/// taken during that second, not the one before it.
+#[test]
+fn restore_at_a_time_shown_by_snapshots_picks_that_snapshot() {
+    let env = Env::new();
+    env.init_store();
+    let repo = new_repo(&env.path("src"));
+    commit_file(&repo, "f", "one", "c1");
+    env.backup("app", &repo);
+    commit_file(&repo, "f", "two", "c2");
+    let second = env.backup("app", &repo);
+    let state_at_second = ref_state(&repo);
+    commit_file(&repo, "f", "three", "c3");
+    let list = snapshots_json(&env, "app");
+    let shown = list.iter().find(|s| s["id"] == second.as_str()).unwrap()["created_at"].as_str().unwrap().to_owned();
+    assert!(shown.ends_with('Z') && !shown.contains('.'), "shown to the second with its zone: {shown}");
+    for at in [shown.clone(), shown.replace('T', " "), shown.replace('T', " ").replace('Z', " UTC")] {
+        let dest = env.path(&format!("dest-{}", at.replace([' ', ':'], "_")));
+        env.restore("app", &dest, Some(&at));
+        assert_eq!(ref_state(&dest), state_at_second, "--at {at}");
+    }
+    let out = env.rv(&["restore", "app", &env.path("nozone").to_string_lossy(), "--at", "2026-11-20T03:00:00"]);
+    assert_eq!(code(&out), 2, "a time without a zone is refused: {}", stderr(&out));
+}
+
+#[test]
+fn an_ambiguous_snapshot_prefix_lists_the_candidates() {
+    let env = Env::new();
+    env.init_store();
+    let repo = new_repo(&env.path("src"));
+    // 17 snapshots: two of them share their first hex digit.
+    for i in 0..17 {
+        commit_file(&repo, "f", &format!("v{i}"), &format!("c{i}"));
+        env.backup("app", &repo);
+    }
+    let ids: Vec<String> = snapshots_json(&env, "app").iter().map(|s| s["id"].as_str().unwrap().to_owned()).collect();
+    let prefix = (0..16u8)
+        .map(|d| format!("{d:x}"))
+        .find(|p| ids.iter().filter(|id| id.starts_with(p.as_str())).count() >= 2)
+        .unwrap();
+    let out = env.rv(&["restore", "app", &env.path("dest").to_string_lossy(), "--at", &prefix]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    for id in ids.iter().filter(|id| id.starts_with(prefix.as_str())) {
+        assert!(err.contains(id.as_str()), "candidate {id} listed: {err}");
+    }
+    assert!(!env.path("dest").join("HEAD").exists());
+}
+
+#[test]
+fn restore_json_names_the_snapshot_and_destination() {
+    let env = Env::new();
+    env.init_store();
+    let repo = new_repo(&env.path("src"));
+    commit_file(&repo, "f", "x", "c");
+    let id = env.backup("app", &repo);
+    let dest = env.path("dest");
+    let out = env.rv_ok(&["restore", "app", &dest.to_string_lossy(), "--json"]);
+    let result: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(result["repo"], "app");
+    assert_eq!(result["snapshot"], id.as_str());
+    assert_eq!(result["dest"], dest.to_string_lossy().as_ref());
+    assert_eq!(ref_state(&dest), ref_state(&repo));
+}
+
+#[test]
+fn quiet_silences_notices_and_json_logs_make_every_stderr_line_json() {
+    let env = Env::new();
+    let out = env.rv(&["-q", "init"]);
+    assert_eq!(code(&out), 0);
+    assert_eq!(stderr(&out), "", "-q: no notice");
+    let out = env.rv(&["--log-format", "json", "init"]);
+    assert_eq!(code(&out), 0);
+    let missing = env.path("missing").to_string_lossy().into_owned();
+    let fatal = env.rv(&["--log-format", "json", "snapshots", "--store", &missing]);
+    assert_eq!(code(&fatal), 2);
+    for out in [&out, &fatal] {
+        let err = stderr(out);
+        assert!(!err.trim().is_empty());
+        for line in err.lines() {
+            let event: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"));
+            assert!(event.get("level").is_some(), "{line}");
+        }
+    }
+    assert!(stderr(&fatal).contains(&missing), "the fatal error names the store: {}", stderr(&fatal));
+    // A config file may ask for quiet too.
+    let config = env.path("quiet.toml");
+    std::fs::write(&config, "quiet = true\n").unwrap();
+    let out = env.rv(&["--config", &config.to_string_lossy(), "init"]);
+    assert_eq!(code(&out), 0);
+    assert_eq!(stderr(&out), "", "quiet from the config file: {}", stderr(&out));
+}
+
+/// A pipe whose reader is already gone: every write to it fails with EPIPE.
+fn closed_pipe() -> std::process::Stdio {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    unsafe { libc::close(fds[0]) };
+    std::process::Stdio::from(unsafe { std::os::fd::OwnedFd::from_raw_fd(fds[1]) })
+}
+
+fn two_repositories_backed_up(env: &Env) {
+    env.init_store();
+    for name in ["a", "b"] {
+        let repo = new_repo(&env.path(&format!("forge/{name}")));
+        commit_file(&repo, "f", name, "c");
+        env.backup(name, &repo);
+    }
+}
+
+#[test]
+fn a_closed_stdout_ends_quietly_and_a_full_one_is_an_error_line() {
+    let env = Env::new();
+    two_repositories_backed_up(&env);
+    let forge = env.path("forge").to_string_lossy().into_owned();
+    for args in [vec!["snapshots"], vec!["snapshots", "--json"], vec!["lag", "--scan", &forge]] {
+        let out = env.rv_command(&args).stdout(closed_pipe()).output().unwrap();
+        assert_eq!(code(&out), 0, "{args:?} into a closed pipe: {}", stderr(&out));
+        assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+        assert_eq!(stderr(&out), "", "{args:?}: quiet");
+
+        let full = std::fs::File::options().write(true).open("/dev/full").unwrap();
+        let out = env.rv_command(&args).stdout(full).output().unwrap();
+        assert_eq!(code(&out), 1, "{args:?} into a full stdout: {}", stderr(&out));
+        let err = stderr(&out);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains("standard output") && !err.contains("panicked"), "{err}");
+    }
 }

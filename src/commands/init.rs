@@ -4,7 +4,10 @@ use anyhow::Result;
 use clap::Args;
 
 use super::{Context, Outcome, StoreArg};
-use crate::store::{InitOutcome, Store};
+use crate::{
+    output,
+    store::{InitOutcome, Store},
+};
 
 #[derive(Debug, Args)]
 pub struct InitArgs {
@@ -15,9 +18,9 @@ pub struct InitArgs {
 pub fn run(ctx: &Context, args: &InitArgs) -> Result<Outcome> {
     let location = ctx.config.store(args.store.store.as_deref())?;
     match Store::init(&location)? {
-        InitOutcome::Created => eprintln!("created repovault store at {location}"),
+        InitOutcome::Created => output::notice(&format!("created repovault store at {location}")),
         InitOutcome::AlreadyAStore => {
-            eprintln!("{location} is already a repovault store; nothing to do")
+            output::notice(&format!("{location} is already a repovault store; nothing to do"))
         }
     }
     Ok(Outcome::Done)

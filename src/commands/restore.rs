@@ -34,6 +34,9 @@ pub struct RestoreArgs {
     /// Replace whatever DEST holds.
     #[arg(long)]
     pub force: bool,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 const TEMP_PREFIX: &str = ".repovault-restore-";
@@ -41,49 +44,139 @@ const TEMP_PREFIX: &str = ".repovault-restore-";
 pub fn run(ctx: &Context, args: &RestoreArgs) -> Result<Outcome> {
     crate::name::validate(&args.name)?;
     let store = ctx.open_store(&args.store)?;
-    let snapshots = store.snapshots(Some(&args.name))?;
-    if snapshots.is_empty() {
+    let started = std::time::Instant::now();
+    let (snapshots, damaged) = store.snapshots_and_damage(Some(&args.name))?;
+    if snapshots.is_empty() && damaged.is_empty() {
         return Err(usage(format!("repository {}: no snapshots in store {}", args.name, store.location())));
+    }
+    let newest = store.snapshot_entries(Some(&args.name))?.pop();
+    if args.at.is_none()
+        && let Some(newest) = newest
+        && let Some(newest_damaged) = damaged.iter().find(|d| d.entry.id == newest.id)
+    {
+        // Restoring an older state than asked for without saying so would be worse than failing.
+        bail!(
+            "repository {}: its latest snapshot {} is damaged ({:#}); pick an older one with --at (see `repovault snapshots`)",
+            args.name,
+            newest_damaged.entry.id,
+            newest_damaged.error
+        );
     }
     let chosen = select(&snapshots, args.at.as_deref(), &args.name)?;
     prepare_dest(&args.dest, args.force)?;
     let chain = store.chain(&args.name, &chosen.id)?;
-    restore_into(&store, &chain, &args.dest).with_context(|| {
+    let progress = crate::output::progress_bar(0, "{spinner} restoring {msg}  {elapsed}");
+    progress.set_message(args.name.clone());
+    let restored = restore_into(&store, &chain, &args.dest);
+    progress.finish_and_clear();
+    restored.with_context(|| {
         format!("repository {}: restoring snapshot {} into {}", args.name, chosen.id, args.dest.display())
     })?;
-    eprintln!(
-        "restored {} at snapshot {} ({}) into {}",
-        args.name,
-        crate::snapshot::Snapshot::short_id(&chosen.id),
-        chosen.snapshot.created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        args.dest.display()
-    );
+    let created_at = chosen.snapshot.created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    if args.json {
+        crate::output::json(&serde_json::json!({
+            "repo": args.name,
+            "snapshot": chosen.id,
+            "created_at": created_at,
+            "dest": crate::output::path(&args.dest),
+            "refs": chosen.snapshot.refs.len(),
+            "seconds": started.elapsed().as_secs_f64(),
+        }))?;
+    } else {
+        crate::output::notice(&format!(
+            "restored {} at snapshot {} ({created_at}) into {}",
+            args.name,
+            crate::snapshot::Snapshot::short_id(&chosen.id),
+            crate::output::path(&args.dest)
+        ));
+    }
     Ok(Outcome::Done)
 }
 
 /// Picks the snapshot `--at` names among a repository's snapshots (oldest first).
 pub fn select<'a>(snapshots: &'a [StoredSnapshot], at: Option<&str>, name: &str) -> Result<&'a StoredSnapshot> {
     let Some(at) = at else {
-        return Ok(snapshots.last().expect("checked non-empty"));
+        return snapshots.last().ok_or_else(|| usage(format!("repository {name}: no readable snapshot")));
     };
-    if let Ok(time) = DateTime::parse_from_rfc3339(at) {
-        let time: DateTime<Utc> = time.into();
+    if let Some(time) = parse_time(at)? {
         return snapshots
             .iter()
             .rev()
-            .find(|s| s.snapshot.created_at <= time)
+            .find(|s| time.includes(s.snapshot.created_at))
             .ok_or_else(|| usage(format!("repository {name}: no snapshot at or before {at}")));
     }
     let at_lower = at.to_ascii_lowercase();
     if at_lower.is_empty() || !at_lower.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(usage(format!("--at {at:?}: neither a snapshot id nor an RFC 3339 time")));
+        return Err(usage(format!(
+            "--at {at}: neither a snapshot id nor a time (RFC 3339 with a zone, as `snapshots` shows: 2026-11-20T03:00:00Z)"
+        )));
     }
     let matches: Vec<_> = snapshots.iter().filter(|s| s.id.starts_with(&at_lower)).collect();
     match matches.as_slice() {
         [one] => Ok(one),
         [] => Err(usage(format!("repository {name}: no snapshot id starts with {at}"))),
-        _ => Err(usage(format!("repository {name}: snapshot prefix {at} is ambiguous ({} match)", matches.len()))),
+        _ => {
+            let candidates: Vec<String> = matches
+                .iter()
+                .map(|s| {
+                    format!("{} ({})", s.id, s.snapshot.created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                })
+                .collect();
+            Err(usage(format!(
+                "repository {name}: snapshot prefix {at} is ambiguous; it matches {}",
+                candidates.join(", ")
+            )))
+        }
     }
+}
+
+/// A point in time given to `--at`, to the precision it was written with: a time written to
+/// the second (as `snapshots` shows it) includes every snapshot taken during that second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AtTime {
+    time: DateTime<Utc>,
+    /// Digits of the fraction of a second given (0 to 9).
+    digits: u32,
+}
+
+impl AtTime {
+    /// Whether a snapshot made at `created_at` is at or before this time.
+    fn includes(&self, created_at: DateTime<Utc>) -> bool {
+        let unit = 10i64.pow(9 - self.digits);
+        let nanos = i64::from(created_at.timestamp_subsec_nanos());
+        let truncated = created_at - chrono::Duration::nanoseconds(nanos % unit);
+        truncated <= self.time
+    }
+}
+
+/// Parses `--at` as a time: RFC 3339 (`2026-11-20T03:00:00Z`, `...+01:00`), also with a space
+/// for the `T` and `UTC` for `Z`. `None` when it does not look like a time at all (then it is
+/// a snapshot id); a time without a zone is refused rather than guessed.
+pub fn parse_time(at: &str) -> Result<Option<AtTime>> {
+    let looks_like_time = at.len() >= 10 && at.as_bytes()[4] == b'-' && at.as_bytes()[7] == b'-';
+    if !looks_like_time {
+        return Ok(None);
+    }
+    let mut text = at.trim().to_owned();
+    if let Some(date_end) = text.get(10..11)
+        && (date_end == " " || date_end == "t")
+    {
+        text.replace_range(10..11, "T");
+    }
+    for utc in [" UTC", "UTC", " Z", "z"] {
+        if let Some(stripped) = text.strip_suffix(utc) {
+            text = format!("{stripped}Z");
+        }
+    }
+    let time = DateTime::parse_from_rfc3339(&text).map_err(|e| {
+        usage(format!("--at {at}: not a time repovault understands ({e}); write it like 2026-11-20T03:00:00Z"))
+    })?;
+    let clock = &text[11..];
+    let digits = match clock.find('.') {
+        Some(dot) => clock[dot + 1..].bytes().take_while(u8::is_ascii_digit).count().min(9) as u32,
+        None => 0,
+    };
+    Ok(Some(AtTime { time: time.into(), digits }))
 }
 
 fn prepare_dest(dest: &Path, force: bool) -> Result<()> {
@@ -141,4 +234,38 @@ fn restore_into(store: &Store, chain: &[StoredSnapshot], dest: &Path) -> Result<
         let _ = fs::remove_dir_all(&build);
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> AtTime {
+        parse_time(text).unwrap().unwrap_or_else(|| panic!("{text} is a time"))
+    }
+
+    fn utc(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text).unwrap().into()
+    }
+
+    #[test]
+    fn a_time_copied_from_the_table_includes_its_whole_second() {
+        let made = utc("2026-11-20T03:00:00.700Z");
+        assert!(at("2026-11-20T03:00:00Z").includes(made));
+        assert!(at("2026-11-20 03:00:00 UTC").includes(made));
+        assert!(at("2026-11-20 03:00:00Z").includes(made));
+        assert!(at("2026-11-20T04:00:00+01:00").includes(made));
+        assert!(!at("2026-11-20T02:59:59Z").includes(made));
+        // A fraction given is honoured to its digits.
+        assert!(!at("2026-11-20T03:00:00.5Z").includes(made));
+        assert!(at("2026-11-20T03:00:00.7Z").includes(made));
+    }
+
+    #[test]
+    fn times_without_a_zone_are_refused_and_ids_are_not_times() {
+        assert!(parse_time("2026-11-20T03:00:00").is_err());
+        assert!(parse_time("2026-11-20").is_err());
+        assert!(parse_time("abc123").unwrap().is_none());
+        assert!(parse_time("0123456789abcdef").unwrap().is_none());
+    }
 }
