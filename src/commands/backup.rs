@@ -86,6 +86,7 @@ fn with_progress<T>(store: &Store, name: &str, work: impl FnOnce() -> T) -> T {
         return work();
     }
     let label = output::escape(name).into_owned();
+    bar.set_message(label.clone());
     let done = AtomicBool::new(false);
     let result = std::thread::scope(|scope| {
         scope.spawn(|| {

@@ -248,7 +248,7 @@ pub struct Store {
 pub enum Latest {
     /// The repository has no snapshot.
     None,
-    Readable(StoredSnapshot),
+    Readable(Box<StoredSnapshot>),
     /// The newest snapshot file is damaged: nothing can be chained to it until it is
     /// forgotten.
     Damaged(DamagedSnapshot),
@@ -559,7 +559,7 @@ impl Store {
     pub fn latest_snapshot(&self, repo: &str) -> Result<Option<StoredSnapshot>> {
         match self.latest(repo)? {
             Latest::None => Ok(None),
-            Latest::Readable(latest) => Ok(Some(latest)),
+            Latest::Readable(latest) => Ok(Some(*latest)),
             Latest::Damaged(damaged) => Err(damaged.error.context(format!(
                 "repository {repo}: its latest snapshot {} is damaged; forget it with `repovault forget {repo} --snapshot {}`",
                 damaged.entry.id, damaged.entry.id
@@ -574,7 +574,7 @@ impl Store {
             return Ok(Latest::None);
         };
         match self.load_snapshot(&entry) {
-            Ok(latest) => Ok(Latest::Readable(latest)),
+            Ok(latest) => Ok(Latest::Readable(Box::new(latest))),
             Err(error) if is_manifest_damage(&error) => {
                 Ok(Latest::Damaged(DamagedSnapshot { entry, repo: Some(repo.to_owned()), error }))
             }
