@@ -697,6 +697,54 @@ fn decode(raw: &[u8]) -> Result<Vec<u8>> {
 mod tests {
     use super::*;
 
+    fn stored(id: &str, parent: Option<&str>) -> StoredSnapshot {
+        let now = chrono::Utc::now();
+        StoredSnapshot {
+            id: id.into(),
+            snapshot: Snapshot {
+                repo: "r".into(),
+                vcs: crate::snapshot::Vcs::Git,
+                created_at: now,
+                source_changed_at: now,
+                source_fingerprint: None,
+                parent: parent.map(str::to_owned),
+                head: None,
+                head_detached: None,
+                refs: Default::default(),
+                symbolic_refs: Default::default(),
+                object_format: "sha1".into(),
+                packs: Vec::new(),
+                source_path: "/r".into(),
+                hostname: "h".into(),
+                tool_version: "t".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn chain_breaks_name_the_nearest_missing_or_damaged_link() {
+        // full <- a <- (forgotten f) <- b <- c ; (damaged d) <- e
+        let good = [
+            stored("full", None),
+            stored("a", Some("full")),
+            stored("b", Some("f")),
+            stored("c", Some("b")),
+            stored("e", Some("d")),
+        ];
+        let damaged = [DamagedSnapshot {
+            entry: SnapshotEntry { path: "p".into(), id: "d".into(), key: "k".into(), stamp: "s".into() },
+            repo: None,
+            error: anyhow::anyhow!("x"),
+        }];
+        let breaks = chain_breaks(&good, &damaged);
+        assert!(!breaks.contains_key("full") && !breaks.contains_key("a"));
+        let missing = ChainBreak { child: "b".into(), parent: "f".into(), parent_damaged: false };
+        assert_eq!(breaks["b"], missing);
+        assert_eq!(breaks["c"], missing);
+        assert!(breaks["c"].describe("c").contains("parent of b"));
+        assert!(breaks["e"].parent_damaged && breaks["e"].describe("e").starts_with("its parent d is damaged"));
+    }
+
     #[test]
     fn objects_round_trip_compressed_or_raw() {
         let text = b"fn main() { println!(\"hello\"); }\n".repeat(10_000);
