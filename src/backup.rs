@@ -1,4 +1,14 @@
 //! Backing up one repository into a store: the step both `backup` and `run` take.
+//!
+//! Chain rules: a new snapshot is incremental to the repository's latest snapshot only when
+//! that snapshot and every ancestor read and hash (the chain would restore). A damaged latest
+//! snapshot stops the backup of that repository with the fix (`forget` it); a latest snapshot
+//! whose chain is broken (an ancestor forgotten, missing or damaged) gets a full snapshot
+//! after it. A store that cannot be read is an error, never taken for a broken chain.
+//!
+//! Identity: the source path is recorded canonical (absolute, symlinks resolved), so that a
+//! NAME defaulted from a path can be checked against the repository it was first used for
+//! ([`check_default_name`]).
 
 use std::{collections::BTreeSet, path::Path};
 
@@ -6,8 +16,9 @@ use anyhow::{Context, Result, anyhow, bail};
 use chrono::Utc;
 
 use crate::{
+    error::usage,
     snapshot::{Snapshot, Vcs},
-    store::Store,
+    store::{ChainState, DamagedSnapshot, Store, StoredSnapshot, is_manifest_damage},
     throttle::RateLimiter,
     vcs::git::{self, backup::Previous},
 };
@@ -16,6 +27,8 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct BackupReport {
     pub snapshot_id: String,
+    /// The snapshot the new one is incremental to; `None` for a full snapshot.
+    pub parent: Option<String>,
     pub bytes_read: u64,
     pub bytes_stored: u64,
     pub objects: u64,
@@ -29,8 +42,10 @@ const ATTEMPTS: usize = 3;
 /// snapshot. The snapshot is written only after everything it needs is stored.
 pub fn backup_git(store: &Store, name: &str, path: &Path, limiter: Option<&RateLimiter>) -> Result<BackupReport> {
     crate::name::validate(name)?;
-    let parent = store.latest_snapshot(name)?;
-    let previous = parent.as_ref().map(|p| previous_of(&p.snapshot)).transpose()?;
+    let base = incremental_base(store, name)?;
+    let parent = base.as_ref().and_then(|chain| chain.last());
+    let previous = parent.map(|p| previous_of(&p.snapshot)).transpose()?;
+    let source_path = canonical_source_path(path);
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -51,8 +66,8 @@ pub fn backup_git(store: &Store, name: &str, path: &Path, limiter: Option<&RateL
             }
             Err(e) => return Err(with_culprit(e, path, &refs)),
         };
-        if let Some(parent) = &parent {
-            check_thin_bases(store, name, &parent.id, &outcome.thin_bases)?;
+        if let Some(chain) = &base {
+            check_thin_bases(store, chain, &outcome.thin_bases)?;
         }
         let snapshot = Snapshot {
             repo: name.to_owned(),
@@ -60,20 +75,21 @@ pub fn backup_git(store: &Store, name: &str, path: &Path, limiter: Option<&RateL
             created_at: Utc::now(),
             source_changed_at: refs_stat.changed_at,
             source_fingerprint: Some(refs_stat.fingerprint),
-            parent: parent.as_ref().map(|p| p.id.clone()),
+            parent: parent.map(|p| p.id.clone()),
             head: refs.head.clone(),
             head_detached: refs.head_detached.map(|id| id.to_string()),
             refs: refs.refs.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
             symbolic_refs: refs.symbolic_refs.clone(),
             object_format,
             packs: outcome.pack.iter().cloned().collect(),
-            source_path: path.display().to_string(),
+            source_path: source_path.clone(),
             hostname: hostname(),
             tool_version: env!("CARGO_PKG_VERSION").to_owned(),
         };
         let snapshot_id = store.write_snapshot(&snapshot)?;
         return Ok(BackupReport {
             snapshot_id,
+            parent: parent.map(|p| p.id.clone()),
             bytes_read: outcome.bytes_read,
             bytes_stored: outcome.bytes_stored,
             objects: outcome.pack.map_or(0, |p| p.objects),
@@ -81,15 +97,98 @@ pub fn backup_git(store: &Store, name: &str, path: &Path, limiter: Option<&RateL
     }
 }
 
+/// The chain (oldest first) a new snapshot of `name` is incremental to, or `None` when it
+/// must be full: no snapshot yet, or the latest one's chain would not restore.
+fn incremental_base(store: &Store, name: &str) -> Result<Option<Vec<StoredSnapshot>>> {
+    let entries = store
+        .snapshot_entries(Some(name))
+        .with_context(|| format!("repository {name}: listing its snapshots in store {}", store.location()))?;
+    let Some(latest_entry) = entries.last() else { return Ok(None) };
+    let latest = match store.load_snapshot(latest_entry) {
+        Ok(latest) => latest,
+        Err(error) if is_manifest_damage(&error) => {
+            let damaged = DamagedSnapshot { entry: latest_entry.clone(), repo: Some(name.to_owned()), error };
+            return Err(latest_is_damaged(store, name, &damaged));
+        }
+        Err(error) => return Err(error.context(format!("repository {name}: reading its latest snapshot"))),
+    };
+    let latest_id = latest.id.clone();
+    match store.chain_state(&entries, latest)? {
+        ChainState::Complete(chain) => Ok(Some(chain)),
+        ChainState::Broken(broken) => {
+            tracing::warn!(
+                repo = name,
+                snapshot = latest_id,
+                "latest snapshot {} cannot be restored ({}); this backup is a full snapshot",
+                Snapshot::short_id(&latest_id),
+                broken.describe(&latest_id)
+            );
+            Ok(None)
+        }
+    }
+}
+
+fn latest_is_damaged(store: &Store, name: &str, damaged: &DamagedSnapshot) -> anyhow::Error {
+    let id = &damaged.entry.id;
+    anyhow!(
+        "repository {name}: its latest snapshot {id} ({}) is damaged: {}; no backup can be chained to it. \
+         Forget it with `repovault forget {name} --snapshot {id}`: the next backup then builds on the snapshot before it",
+        store.file_location(&damaged.entry.path),
+        damaged.reason()
+    )
+}
+
+/// For a NAME that was defaulted from PATH (not chosen with `--name`): refuses it (usage
+/// error) when the store already holds NAME for another source path, since an incremental
+/// snapshot on another repository's chain would restore that repository's objects. A NAME
+/// given on purpose may continue another path's chain (a repository that moved), so `run`
+/// and `backup --name` do not call this.
+pub fn check_default_name(store: &Store, name: &str, path: &Path) -> Result<()> {
+    let here = canonical_source_path(path);
+    let entries = store
+        .snapshot_entries(Some(name))
+        .with_context(|| format!("repository {name}: listing its snapshots in store {}", store.location()))?;
+    for entry in entries.iter().rev() {
+        let recorded = match store.load_snapshot(entry) {
+            Ok(stored) => stored.snapshot.source_path,
+            // The newest snapshot that reads says which source the name belongs to.
+            Err(error) if is_manifest_damage(&error) => continue,
+            Err(error) => return Err(error),
+        };
+        if same_source(&recorded, &here) {
+            return Ok(());
+        }
+        return Err(usage(format!(
+            "repository {name}: the store already holds {name} for another source path ({recorded}), not {here}; \
+             the name defaults to the path's last component. Pass --name to choose a name for this repository \
+             (--name {name} only if it is the same repository, moved)"
+        )));
+    }
+    Ok(())
+}
+
+/// The source path as recorded in snapshots: absolute, symlinks resolved (as given when the
+/// path cannot be resolved).
+fn canonical_source_path(path: &Path) -> String {
+    let resolved = std::fs::canonicalize(path).or_else(|_| std::path::absolute(path));
+    crate::output::path(resolved.as_deref().unwrap_or(path))
+}
+
+/// Whether a recorded source path is `here` (canonical). Snapshots before this version
+/// recorded the path as given, perhaps relative: it is resolved now for the comparison.
+fn same_source(recorded: &str, here: &str) -> bool {
+    recorded == here || std::fs::canonicalize(recorded).is_ok_and(|p| crate::output::path(&p) == here)
+}
+
 /// A thin pack's deltas name bases in earlier snapshots; restore finds them there. Before
 /// the snapshot is committed, every one of them must be in a pack index of the chain: a
 /// snapshot that could not be restored must never be written.
-fn check_thin_bases(store: &Store, name: &str, parent: &str, bases: &[gix::ObjectId]) -> Result<()> {
+fn check_thin_bases(store: &Store, chain: &[StoredSnapshot], bases: &[gix::ObjectId]) -> Result<()> {
     if bases.is_empty() {
         return Ok(());
     }
     let mut missing: Vec<gix::ObjectId> = bases.to_vec();
-    for link in store.chain(name, parent)?.iter().rev() {
+    for link in chain.iter().rev() {
         for pack in &link.snapshot.packs {
             let mut index = Vec::new();
             std::io::Read::read_to_end(&mut crate::store::chunker::ChunkReader::new(store, &pack.index), &mut index)

@@ -1,49 +1,110 @@
 //! `repovault backup`: back up one repository now.
+//!
+//! stdout carries the result alone: the new snapshot id, or with `--json` one object with
+//! what the backup did. A person at a terminal sees a spinner on stderr meanwhile.
 
-use std::path::PathBuf;
+use std::{
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result};
 use clap::Args;
+use serde_json::json;
 
 use super::{Context, Outcome, StoreArg};
-use crate::error::usage;
+use crate::{backup::BackupReport, error::usage, output, store::Store};
 
 #[derive(Debug, Args)]
 pub struct BackupArgs {
     #[command(flatten)]
     pub store: StoreArg,
-    /// Name of the repository in the store (default: PATH's last component).
+    /// Name of the repository in the store (default: PATH's last component; a default name
+    /// the store holds for another path is refused).
     #[arg(long)]
     pub name: Option<String>,
+    /// Print a JSON object describing the backup instead of the bare snapshot id.
+    #[arg(long)]
+    pub json: bool,
     /// The repository: a bare repository or a working copy.
     pub path: PathBuf,
 }
 
 pub fn run(ctx: &Context, args: &BackupArgs) -> Result<Outcome> {
-    let name = match &args.name {
-        Some(name) => name.clone(),
-        None => default_name(&args.path)?,
+    let (name, defaulted) = match &args.name {
+        Some(name) => (name.clone(), false),
+        None => (default_name(&args.path)?, true),
     };
     crate::name::validate(&name)?;
+    let shown_path = output::path(&args.path);
     if !args.path.exists() {
-        return Err(usage(format!("repository {name}: {} does not exist", args.path.display())));
+        return Err(usage(format!("repository {name}: {shown_path} does not exist")));
     }
     let store = ctx.open_store(&args.store)?;
-    let report = crate::backup::backup_git(&store, &name, &args.path, None)
-        .with_context(|| format!("repository {name} ({}): backup failed", args.path.display()))?;
+    if defaulted {
+        crate::backup::check_default_name(&store, &name, &args.path)?;
+    }
+    let start = Instant::now();
+    let report = with_progress(&store, &name, || crate::backup::backup_git(&store, &name, &args.path, None))
+        .with_context(|| format!("repository {name} ({shown_path}): backup failed"))?;
+    let seconds = start.elapsed().as_secs_f64();
     tracing::info!(
         repo = name,
         snapshot = report.snapshot_id,
+        parent = report.parent,
         objects = report.objects,
         bytes_read = report.bytes_read,
         bytes_stored = report.bytes_stored,
         "backed up"
     );
-    println!("{}", report.snapshot_id);
+    if args.json {
+        output::json(&report_json(&name, &report, seconds))?;
+    } else {
+        output::line(&report.snapshot_id)?;
+    }
     Ok(Outcome::Done)
 }
 
-fn default_name(path: &std::path::Path) -> Result<String> {
+fn report_json(name: &str, report: &BackupReport, seconds: f64) -> serde_json::Value {
+    json!({
+        "repo": name,
+        "snapshot": report.snapshot_id,
+        "parent": report.parent,
+        "objects": report.objects,
+        "bytes_read": report.bytes_read,
+        "bytes_stored": report.bytes_stored,
+        "seconds": (seconds * 1000.0).round() / 1000.0,
+    })
+}
+
+/// Runs `work` under a spinner naming the repository, with the time elapsed and the bytes
+/// stored so far (the bar is hidden off a terminal, with -q and with JSON logs).
+fn with_progress<T>(store: &Store, name: &str, work: impl FnOnce() -> T) -> T {
+    let bar = output::progress_bar(0, "{spinner} {elapsed} backing up {msg}");
+    if bar.is_hidden() {
+        return work();
+    }
+    let label = output::escape(name).into_owned();
+    bar.set_message(label.clone());
+    let done = AtomicBool::new(false);
+    let result = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                let stored = indicatif::HumanBytes(store.stored_bytes_so_far());
+                bar.set_message(format!("{label}: {stored} stored"));
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        });
+        let result = work();
+        done.store(true, Ordering::Relaxed);
+        result
+    });
+    bar.finish_and_clear();
+    result
+}
+
+fn default_name(path: &Path) -> Result<String> {
     let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
     absolute
         .components()
@@ -52,5 +113,5 @@ fn default_name(path: &std::path::Path) -> Result<String> {
             std::path::Component::Normal(s) => s.to_str().map(str::to_owned),
             _ => None,
         })
-        .ok_or_else(|| usage(format!("cannot derive a repository name from {}; pass --name", path.display())))
+        .ok_or_else(|| usage(format!("cannot derive a repository name from {}; pass --name", output::path(path))))
 }

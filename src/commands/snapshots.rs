@@ -1,11 +1,22 @@
 //! `repovault snapshots`: list snapshots, oldest first.
+//!
+//! One damaged manifest must not hide the others: every readable snapshot is listed, each
+//! damaged one is named on stderr (repository, id, file, why) and the exit code is 1. A
+//! readable snapshot whose chain is broken (an ancestor forgotten, missing or damaged) is
+//! listed and marked as not restorable.
+
+use std::collections::HashMap;
 
 use anyhow::Result;
 use clap::Args;
 use serde_json::json;
 
 use super::{Context, Outcome, StoreArg};
-use crate::snapshot::Snapshot;
+use crate::{
+    output,
+    snapshot::Snapshot,
+    store::{ChainBreak, DamagedSnapshot, Store, StoredSnapshot, chain_breaks},
+};
 
 #[derive(Debug, Args)]
 pub struct SnapshotsArgs {
@@ -18,48 +29,95 @@ pub struct SnapshotsArgs {
     pub json: bool,
 }
 
+/// Times as `restore --at` takes them: RFC 3339, UTC, to the second (`2026-11-20T03:00:00Z`).
+pub fn display_time(time: &chrono::DateTime<chrono::Utc>) -> String {
+    time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
 pub fn run(ctx: &Context, args: &SnapshotsArgs) -> Result<Outcome> {
     if let Some(name) = &args.name {
         crate::name::validate(name)?;
     }
     let store = ctx.open_store(&args.store)?;
-    let snapshots = store.snapshots(args.name.as_deref())?;
+    let (snapshots, damaged) = store.snapshots_and_damage(args.name.as_deref())?;
+    let breaks = chain_breaks(&snapshots, &damaged);
     if args.json {
-        let list: Vec<_> = snapshots
-            .iter()
-            .map(|s| {
-                let snap = &s.snapshot;
-                json!({
-                    "id": s.id,
-                    "repo": snap.repo,
-                    "vcs": snap.vcs,
-                    "created_at": snap.created_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                    "source_changed_at": snap.source_changed_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                    "parent": snap.parent,
-                    "head": snap.head,
-                    "head_detached": snap.head_detached,
-                    "refs": snap.refs,
-                    "symbolic_refs": snap.symbolic_refs,
-                    "objects": snap.packs.iter().map(|p| p.objects).sum::<u64>(),
-                    "pack_bytes": snap.packs.iter().map(|p| p.pack.size).sum::<u64>(),
-                })
-            })
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&list)?);
-        return Ok(Outcome::Done);
+        print_json(&snapshots, &breaks)?;
+    } else {
+        print_table(&snapshots, &breaks)?;
     }
-    println!("{:<12}  {:<20}  {:>6}  {:>10}  {:<12}  REPO", "ID", "CREATED", "REFS", "NEW BYTES", "PARENT");
-    for s in &snapshots {
+    for d in &damaged {
+        report_damaged(&store, d);
+    }
+    Ok(if damaged.is_empty() { Outcome::Done } else { Outcome::PartlyFailed })
+}
+
+fn print_json(snapshots: &[StoredSnapshot], breaks: &HashMap<String, ChainBreak>) -> Result<()> {
+    let list: Vec<_> = snapshots
+        .iter()
+        .map(|s| {
+            let snap = &s.snapshot;
+            let chain_problem = breaks.get(&s.id).map(|b| b.describe(&s.id));
+            json!({
+                "id": s.id,
+                "repo": snap.repo,
+                "vcs": snap.vcs,
+                "created_at": display_time(&snap.created_at),
+                "source_changed_at": display_time(&snap.source_changed_at),
+                "parent": snap.parent,
+                "head": snap.head,
+                "head_detached": snap.head_detached,
+                "refs": snap.refs,
+                "symbolic_refs": snap.symbolic_refs,
+                "objects": snap.packs.iter().map(|p| p.objects).sum::<u64>(),
+                "pack_bytes": snap.packs.iter().map(|p| p.pack.size).sum::<u64>(),
+                "restorable": chain_problem.is_none(),
+                "chain_problem": chain_problem,
+            })
+        })
+        .collect();
+    output::json(&list)
+}
+
+fn print_table(snapshots: &[StoredSnapshot], breaks: &HashMap<String, ChainBreak>) -> Result<()> {
+    output::line(&format!(
+        "{:<12}  {:<20}  {:>6}  {:>10}  {:<12}  REPO",
+        "ID", "CREATED", "REFS", "NEW BYTES", "PARENT"
+    ))?;
+    for s in snapshots {
         let snap = &s.snapshot;
-        println!(
+        let mut row = format!(
             "{:<12}  {:<20}  {:>6}  {:>10}  {:<12}  {}",
             Snapshot::short_id(&s.id),
-            snap.created_at.format("%Y-%m-%d %H:%M:%S"),
+            display_time(&snap.created_at),
             snap.refs.len(),
             snap.packs.iter().map(|p| p.pack.size).sum::<u64>(),
             snap.parent.as_deref().map(Snapshot::short_id).unwrap_or("-"),
             snap.repo
         );
+        if let Some(broken) = breaks.get(&s.id) {
+            row.push_str(&format!("  [NOT RESTORABLE: {}]", broken.describe(&s.id)));
+        }
+        output::line(&row)?;
     }
-    Ok(Outcome::Done)
+    Ok(())
+}
+
+/// One error line per damaged manifest: which repository, which snapshot, which file, why,
+/// and the way out.
+fn report_damaged(store: &Store, damaged: &DamagedSnapshot) {
+    let id = &damaged.entry.id;
+    let when = damaged.entry.created_at().map(|t| format!(" (made {})", display_time(&t))).unwrap_or_default();
+    let fix = match &damaged.repo {
+        Some(repo) => format!("; forget it with `repovault forget {repo} --snapshot {id}`"),
+        None => String::new(),
+    };
+    output::repo_error(
+        &damaged.repo_label(),
+        &format!(
+            "snapshot {id}{when} is damaged: {} (file {}){fix}",
+            damaged.reason(),
+            store.file_location(&damaged.entry.path)
+        ),
+    );
 }

@@ -25,7 +25,8 @@ pub trait Backend: Send + Sync {
     /// Temporary files of unfinished writes are not listed.
     fn list(&self, dir: &str) -> io::Result<Vec<String>>;
 
-    /// Removes a file; removing a missing file is not an error.
+    /// Removes a file durably (once it returns, the file does not come back after a crash);
+    /// removing a missing file is not an error.
     fn remove(&self, path: &str) -> io::Result<()>;
 
     /// Creates `path` with `data` only if it does not exist, atomically even on NFS (the

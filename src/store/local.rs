@@ -124,10 +124,14 @@ impl Backend for LocalBackend {
     }
 
     fn remove(&self, path: &str) -> io::Result<()> {
-        match fs::remove_file(self.full(path)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+        let full = self.full(path);
+        match fs::remove_file(&full) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
         }
+        // Without this a crash could bring a forgotten snapshot back.
+        sync_dir(full.parent().expect("store paths have a parent"))
     }
 
     fn create_exclusive(&self, path: &str, data: &[u8]) -> io::Result<bool> {

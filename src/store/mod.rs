@@ -8,9 +8,15 @@ pub mod local;
 pub mod lock;
 pub mod runs;
 
-use std::{io, path::Path};
+use std::{
+    collections::{HashMap, HashSet},
+    io,
+    path::Path,
+    sync::atomic::{AtomicU64, Ordering},
+};
 
 use anyhow::{Context, Result, bail};
+use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::{error::usage, snapshot::Snapshot};
@@ -97,11 +103,38 @@ pub struct SnapshotEntry {
     stamp: String,
 }
 
+impl SnapshotEntry {
+    /// When the snapshot was made, as its file name says: known even when the file is
+    /// damaged. `None` for a stamp that does not parse.
+    pub fn created_at(&self) -> Option<DateTime<Utc>> {
+        NaiveDateTime::parse_from_str(&self.stamp, STAMP_FORMAT).ok().map(|t| t.and_utc())
+    }
+}
+
 /// A snapshot as found in the store: its id and its manifest.
 #[derive(Debug, Clone)]
 pub struct StoredSnapshot {
     pub id: String,
     pub snapshot: Snapshot,
+}
+
+/// The reason a snapshot file that was read is unusable: it no longer hashes to its name,
+/// or does not parse. Kept apart from I/O errors (an unreachable store) in the error chain,
+/// so that callers can tell "this manifest is damaged" from "the store cannot be read".
+#[derive(Debug)]
+pub struct ManifestDamage(pub String);
+
+impl std::fmt::Display for ManifestDamage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ManifestDamage {}
+
+/// True when `err` says a manifest's content is damaged (not that it could not be read).
+pub fn is_manifest_damage(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| cause.is::<ManifestDamage>())
 }
 
 /// A snapshot file that cannot be read or no longer hashes to its name.
@@ -121,11 +154,104 @@ impl DamagedSnapshot {
             None => format!("(unknown: every snapshot under snapshots/{} is damaged)", self.entry.key),
         }
     }
+
+    /// Why it is unusable, without the store and path (which the caller names itself).
+    pub fn reason(&self) -> String {
+        match self.error.chain().find_map(|cause| cause.downcast_ref::<ManifestDamage>()) {
+            Some(damage) => damage.to_string(),
+            None => format!("cannot be read: {}", self.error.root_cause()),
+        }
+    }
+}
+
+/// Where a snapshot's chain stops short of a full snapshot: `child` names `parent`, and
+/// `parent` is damaged or not in the store at all (forgotten, or deleted by hand).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainBreak {
+    pub child: String,
+    pub parent: String,
+    pub parent_damaged: bool,
+}
+
+impl ChainBreak {
+    /// Why snapshot `id` (whose chain this break is on) cannot be restored.
+    pub fn describe(&self, id: &str) -> String {
+        let what = if self.parent_damaged { "is damaged" } else { "is missing (forgotten or deleted)" };
+        let parent = Snapshot::short_id(&self.parent);
+        if self.child == id {
+            format!("its parent {parent} {what}")
+        } else {
+            format!("its chain is broken: {parent}, parent of {}, {what}", Snapshot::short_id(&self.child))
+        }
+    }
+}
+
+/// For every readable snapshot whose chain does not reach a full snapshot through readable
+/// snapshots, where the chain breaks (the break nearest to it). Snapshots not in the map
+/// are restorable as far as manifests tell.
+pub fn chain_breaks(good: &[StoredSnapshot], damaged: &[DamagedSnapshot]) -> HashMap<String, ChainBreak> {
+    let parents: HashMap<&str, Option<&str>> =
+        good.iter().map(|s| (s.id.as_str(), s.snapshot.parent.as_deref())).collect();
+    let damaged: HashSet<&str> = damaged.iter().map(|d| d.entry.id.as_str()).collect();
+    // Known answers, so that each link is walked once however long the chains.
+    let mut known: HashMap<&str, Option<ChainBreak>> = HashMap::new();
+    for start in good {
+        let mut path: Vec<&str> = Vec::new();
+        let mut current = start.id.as_str();
+        let verdict = loop {
+            if let Some(answer) = known.get(current) {
+                break answer.clone();
+            }
+            if path.contains(&current) {
+                // Ids are content hashes, so only a forged store has a cycle: it never
+                // reaches a full snapshot.
+                break Some(ChainBreak { child: current.to_owned(), parent: current.to_owned(), parent_damaged: true });
+            }
+            path.push(current);
+            match parents.get(current).copied().flatten() {
+                None => break None,
+                Some(parent) if parents.contains_key(parent) => current = parent,
+                Some(parent) => {
+                    break Some(ChainBreak {
+                        child: current.to_owned(),
+                        parent: parent.to_owned(),
+                        parent_damaged: damaged.contains(parent),
+                    });
+                }
+            }
+        };
+        for id in path {
+            known.insert(id, verdict.clone());
+        }
+    }
+    known.into_iter().filter_map(|(id, verdict)| verdict.map(|v| (id.to_owned(), v))).collect()
+}
+
+/// What a walk up a snapshot's chain found.
+#[derive(Debug)]
+pub enum ChainState {
+    /// Every link reads and hashes: the chain, oldest first.
+    Complete(Vec<StoredSnapshot>),
+    /// A parent is damaged or missing: the snapshot cannot be restored.
+    Broken(ChainBreak),
 }
 
 pub struct Store {
     backend: std::sync::Arc<dyn Backend>,
     config: StoreConfig,
+    /// Bytes of objects this process has written, for progress displays.
+    stored_bytes: AtomicU64,
+}
+
+/// A repository's latest snapshot, as `backup` and `run` need to know it.
+#[derive(Debug)]
+pub enum Latest {
+    /// The repository has no snapshot.
+    None,
+    Readable(Box<StoredSnapshot>),
+    /// The newest snapshot file is damaged: nothing can be chained to it until it is
+    /// forgotten.
+    Damaged(DamagedSnapshot),
 }
 
 /// Result of `Store::init`.
@@ -148,31 +274,45 @@ fn open_backend(location: &str) -> Result<std::sync::Arc<dyn Backend>> {
 
 impl Store {
     /// Creates an empty store at `location`. An existing store is left alone; a non-empty
-    /// directory that is not a store is refused.
+    /// directory that is not a store, or anything that is not a directory, is refused.
+    /// Every error names `location`.
     pub fn init(location: &str) -> Result<InitOutcome> {
         let backend = open_backend(location)?;
-        if backend.exists(CONFIG_PATH)? {
-            Self::open(location)?;
-            return Ok(InitOutcome::AlreadyAStore);
-        }
         let path = Path::new(location);
-        if path.exists() {
-            let meta = std::fs::metadata(path).with_context(|| format!("store {location}: cannot stat"))?;
-            if !meta.is_dir() {
-                return Err(usage(format!("store {location}: exists and is not a directory")));
-            }
-            if std::fs::read_dir(path)?.next().is_some() {
+        match std::fs::metadata(path) {
+            Ok(meta) if !meta.is_dir() => {
                 return Err(usage(format!(
-                    "store {location}: directory is not empty and is not a repovault store; refusing to initialize it"
+                    "store {location}: exists and is not a directory; give a new or empty directory"
                 )));
             }
+            Ok(_) => {
+                let has_config = backend
+                    .exists(CONFIG_PATH)
+                    .map_err(|e| usage(format!("store {location}: cannot look inside the directory: {e}")))?;
+                if has_config {
+                    Self::open(location)?;
+                    return Ok(InitOutcome::AlreadyAStore);
+                }
+                let mut entries = std::fs::read_dir(path)
+                    .map_err(|e| usage(format!("store {location}: cannot list the directory: {e}")))?;
+                if entries.next().is_some() {
+                    return Err(usage(format!(
+                        "store {location}: directory is not empty and is not a repovault store; refusing to initialize it"
+                    )));
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(usage(format!("store {location}: cannot examine it: {e}"))),
         }
-        std::fs::create_dir_all(path).with_context(|| format!("store {location}: cannot create directory"))?;
+        std::fs::create_dir_all(path)
+            .map_err(|e| usage(format!("store {location}: cannot create the directory: {e}")))?;
         for dir in ["objects", "snapshots", "locks"] {
             backend.create_dir(dir).with_context(|| format!("store {location}: cannot create {dir}/"))?;
         }
         for fan in 0..=255u8 {
-            backend.create_dir(&format!("objects/{fan:02x}"))?;
+            backend
+                .create_dir(&format!("objects/{fan:02x}"))
+                .with_context(|| format!("store {location}: cannot create objects/{fan:02x}/"))?;
         }
         let config = StoreConfig {
             magic: MAGIC.into(),
@@ -182,7 +322,9 @@ impl Store {
         };
         // The config is written last: a store without it is not a store, so an interrupted
         // init leaves nothing that looks finished.
-        backend.write_new(CONFIG_PATH, &serde_json::to_vec_pretty(&config)?)?;
+        backend
+            .write_new(CONFIG_PATH, &serde_json::to_vec_pretty(&config)?)
+            .with_context(|| format!("store {location}: cannot write its config file"))?;
         Ok(InitOutcome::Created)
     }
 
@@ -211,7 +353,7 @@ impl Store {
                 config.format
             )));
         }
-        Ok(Store { backend, config })
+        Ok(Store { backend, config, stored_bytes: AtomicU64::new(0) })
     }
 
     pub fn location(&self) -> String {
@@ -220,6 +362,12 @@ impl Store {
 
     pub fn config(&self) -> &StoreConfig {
         &self.config
+    }
+
+    /// Bytes of objects written through this `Store` so far (for progress displays; read
+    /// from another thread while a backup runs).
+    pub fn stored_bytes_so_far(&self) -> u64 {
+        self.stored_bytes.load(Ordering::Relaxed)
     }
 
     /// Whether packs may hold deltas against earlier snapshots (format 2 on).
@@ -239,7 +387,9 @@ impl Store {
             .backend
             .write_new(&path, &encoded)
             .with_context(|| format!("store {}: writing object {path}", self.location()))?;
-        Ok(PutOutcome { stored_bytes: if written { encoded.len() as u64 } else { 0 } })
+        let stored_bytes = if written { encoded.len() as u64 } else { 0 };
+        self.stored_bytes.fetch_add(stored_bytes, Ordering::Relaxed);
+        Ok(PutOutcome { stored_bytes })
     }
 
     /// Reads an object and checks that it still hashes to its name.
@@ -319,16 +469,34 @@ impl Store {
         Ok(entries)
     }
 
-    /// Reads a snapshot file, checking that it still hashes to its id.
+    /// Reads a snapshot file, checking that it still hashes to its id. Damage (a file that
+    /// no longer hashes or parses) is a [`ManifestDamage`] in the error chain; a file that
+    /// cannot be read is an I/O error.
     pub fn load_snapshot(&self, entry: &SnapshotEntry) -> Result<StoredSnapshot> {
         let path = &entry.path;
         let bytes = self.backend.read(path).with_context(|| format!("store {}: reading {path}", self.location()))?;
+        let damaged = |why: String| {
+            anyhow::Error::new(ManifestDamage(why))
+                .context(format!("store {}: snapshot {path} is damaged", self.location()))
+        };
         if hash_hex(&bytes) != entry.id {
-            bail!("store {}: snapshot {path} is damaged: it no longer hashes to its name", self.location());
+            return Err(damaged("it no longer hashes to its name".into()));
         }
-        let snapshot = serde_json::from_slice(&bytes)
-            .with_context(|| format!("store {}: snapshot {path} does not parse", self.location()))?;
+        let snapshot = serde_json::from_slice(&bytes).map_err(|e| damaged(format!("it does not parse: {e}")))?;
         Ok(StoredSnapshot { id: entry.id.clone(), snapshot })
+    }
+
+    /// Removes a snapshot file durably (the directory is synced). The objects it named stay
+    /// until a prune finds nothing needs them.
+    pub fn remove_snapshot(&self, entry: &SnapshotEntry) -> Result<()> {
+        self.backend
+            .remove(&entry.path)
+            .with_context(|| format!("store {}: removing snapshot {}", self.location(), entry.path))
+    }
+
+    /// The full path of a store file, for messages.
+    pub fn file_location(&self, path: &str) -> String {
+        format!("{}/{path}", self.location().trim_end_matches('/'))
     }
 
     /// Snapshots of one repository (or of all), oldest first. A damaged manifest is an error
@@ -386,9 +554,32 @@ impl Store {
         Ok(self.load_snapshot(&entry)?.snapshot)
     }
 
-    /// The latest snapshot of `repo`, if any; reads only that one manifest.
+    /// The latest snapshot of `repo`, if any; reads only that one manifest. A damaged one is
+    /// an error naming the repository (see [`Store::latest`] to tell damage apart).
     pub fn latest_snapshot(&self, repo: &str) -> Result<Option<StoredSnapshot>> {
-        self.latest_snapshot_by_key(&repo_key(repo))
+        match self.latest(repo)? {
+            Latest::None => Ok(None),
+            Latest::Readable(latest) => Ok(Some(*latest)),
+            Latest::Damaged(damaged) => Err(damaged.error.context(format!(
+                "repository {repo}: its latest snapshot {} is damaged; forget it with `repovault forget {repo} --snapshot {}`",
+                damaged.entry.id, damaged.entry.id
+            ))),
+        }
+    }
+
+    /// The latest snapshot of `repo`: none, readable, or damaged. I/O errors (a store that
+    /// cannot be read) are errors, never taken for damage.
+    pub fn latest(&self, repo: &str) -> Result<Latest> {
+        let Some(entry) = self.snapshot_entries(Some(repo))?.pop() else {
+            return Ok(Latest::None);
+        };
+        match self.load_snapshot(&entry) {
+            Ok(latest) => Ok(Latest::Readable(Box::new(latest))),
+            Err(error) if is_manifest_damage(&error) => {
+                Ok(Latest::Damaged(DamagedSnapshot { entry, repo: Some(repo.to_owned()), error }))
+            }
+            Err(error) => Err(error),
+        }
     }
 
     /// The directory keys of every repository with snapshots (see [`repo_key`]).
@@ -401,23 +592,49 @@ impl Store {
         self.entries_under(key)?.last().map(|e| self.load_snapshot(e)).transpose()
     }
 
-    /// A snapshot and all its ancestors, oldest first. A parent that is missing is an error:
-    /// the chain would not restore.
+    /// A snapshot and all its ancestors, oldest first. A parent that is missing or damaged
+    /// is an error: the chain would not restore.
     pub fn chain(&self, repo: &str, id: &str) -> Result<Vec<StoredSnapshot>> {
-        let mut chain = Vec::new();
-        let mut next = Some(id.to_owned());
-        while let Some(id) = next {
-            if chain.len() > 1_000_000 {
-                bail!("snapshot chain of {repo} does not end (cycle?)");
+        let entries = self.snapshot_entries(Some(repo))?;
+        let entry = entries
+            .iter()
+            .find(|e| e.id == id)
+            .with_context(|| format!("store {}: snapshot {id} of {repo} is missing", self.location()))?;
+        let start = self.load_snapshot(entry).with_context(|| format!("repository {repo}: snapshot {id}"))?;
+        match self.chain_state(&entries, start)? {
+            ChainState::Complete(chain) => Ok(chain),
+            ChainState::Broken(broken) => {
+                bail!("repository {repo}: snapshot {id} cannot be restored: {}", broken.describe(id))
             }
-            let snapshot = self
-                .read_snapshot(repo, &id)
-                .with_context(|| format!("repository {repo}: snapshot {id} of the chain is unreadable"))?;
-            next = snapshot.parent.clone();
-            chain.push(StoredSnapshot { id, snapshot });
+        }
+    }
+
+    /// Walks from `start` up its parents among `entries` (the repository's snapshot files)
+    /// and says whether the chain is complete. Damaged or missing links make it broken; a
+    /// file that cannot be read (I/O) is an error, never a broken chain.
+    pub fn chain_state(&self, entries: &[SnapshotEntry], start: StoredSnapshot) -> Result<ChainState> {
+        let by_id: HashMap<&str, &SnapshotEntry> = entries.iter().map(|e| (e.id.as_str(), e)).collect();
+        let mut seen = HashSet::new();
+        let mut chain = vec![start];
+        loop {
+            let child = chain.last().expect("the chain starts with one snapshot");
+            let Some(parent) = child.snapshot.parent.clone() else { break };
+            let broken = |parent_damaged| {
+                Ok(ChainState::Broken(ChainBreak { child: child.id.clone(), parent: parent.clone(), parent_damaged }))
+            };
+            if !seen.insert(parent.clone()) {
+                // Ids are content hashes: only a forged store has a cycle.
+                return broken(true);
+            }
+            let Some(entry) = by_id.get(parent.as_str()) else { return broken(false) };
+            match self.load_snapshot(entry) {
+                Ok(loaded) => chain.push(loaded),
+                Err(e) if is_manifest_damage(&e) => return broken(true),
+                Err(e) => return Err(e),
+            }
         }
         chain.reverse();
-        Ok(chain)
+        Ok(ChainState::Complete(chain))
     }
 }
 
@@ -479,6 +696,54 @@ fn decode(raw: &[u8]) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn stored(id: &str, parent: Option<&str>) -> StoredSnapshot {
+        let now = chrono::Utc::now();
+        StoredSnapshot {
+            id: id.into(),
+            snapshot: Snapshot {
+                repo: "r".into(),
+                vcs: crate::snapshot::Vcs::Git,
+                created_at: now,
+                source_changed_at: now,
+                source_fingerprint: None,
+                parent: parent.map(str::to_owned),
+                head: None,
+                head_detached: None,
+                refs: Default::default(),
+                symbolic_refs: Default::default(),
+                object_format: "sha1".into(),
+                packs: Vec::new(),
+                source_path: "/r".into(),
+                hostname: "h".into(),
+                tool_version: "t".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn chain_breaks_name_the_nearest_missing_or_damaged_link() {
+        // full <- a <- (forgotten f) <- b <- c ; (damaged d) <- e
+        let good = [
+            stored("full", None),
+            stored("a", Some("full")),
+            stored("b", Some("f")),
+            stored("c", Some("b")),
+            stored("e", Some("d")),
+        ];
+        let damaged = [DamagedSnapshot {
+            entry: SnapshotEntry { path: "p".into(), id: "d".into(), key: "k".into(), stamp: "s".into() },
+            repo: None,
+            error: anyhow::anyhow!("x"),
+        }];
+        let breaks = chain_breaks(&good, &damaged);
+        assert!(!breaks.contains_key("full") && !breaks.contains_key("a"));
+        let missing = ChainBreak { child: "b".into(), parent: "f".into(), parent_damaged: false };
+        assert_eq!(breaks["b"], missing);
+        assert_eq!(breaks["c"], missing);
+        assert!(breaks["c"].describe("c").contains("parent of b"));
+        assert!(breaks["e"].parent_damaged && breaks["e"].describe("e").starts_with("its parent d is damaged"));
+    }
 
     #[test]
     fn objects_round_trip_compressed_or_raw() {
