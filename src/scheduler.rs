@@ -99,7 +99,10 @@ pub enum Latest {
     Never,
     Readable(StoredSnapshot),
     /// The latest snapshot file cannot be read (the error); the newest that still reads, if any.
-    Damaged { error: String, newest_readable: Option<StoredSnapshot> },
+    Damaged {
+        error: String,
+        newest_readable: Option<StoredSnapshot>,
+    },
 }
 
 /// The latest snapshot of `repo`, falling back to the newest readable one when the latest is
@@ -140,11 +143,14 @@ pub fn gone(store: &Store, candidates: &[Candidate]) -> Result<Vec<Gone>> {
         }
         match store.latest_snapshot_by_key(&key) {
             Ok(None) => {}
-            Ok(Some(latest)) => gone.push(Gone { repo: latest.snapshot.repo.clone(), damaged: None, newest: Some(latest) }),
+            Ok(Some(latest)) => {
+                gone.push(Gone { repo: latest.snapshot.repo.clone(), damaged: None, newest: Some(latest) })
+            }
             Err(e) => {
                 let name = store.name_of_key(&key);
                 let newest = name.as_deref().and_then(|name| newest_readable(store, name));
-                let repo = name.unwrap_or_else(|| format!("(unknown: every snapshot under snapshots/{key} is damaged)"));
+                let repo =
+                    name.unwrap_or_else(|| format!("(unknown: every snapshot under snapshots/{key} is damaged)"));
                 gone.push(Gone { repo, damaged: Some(format!("{e:#}")), newest });
             }
         }

@@ -49,7 +49,12 @@ fn json(out: &Output) -> Value {
 }
 
 fn entry<'a>(report: &'a Value, repo: &str) -> &'a Value {
-    report["repos"].as_array().unwrap().iter().find(|r| r["repo"] == repo).unwrap_or_else(|| panic!("{repo} in {report}"))
+    report["repos"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["repo"] == repo)
+        .unwrap_or_else(|| panic!("{repo} in {report}"))
 }
 
 fn run_records(env: &Env) -> usize {
@@ -63,7 +68,10 @@ fn latest_snapshot_file(env: &Env, repo: &str) -> PathBuf {
     files_under(&env.path("store/snapshots"))
         .into_iter()
         .filter(|f| {
-            std::fs::read(f).ok().and_then(|b| serde_json::from_slice::<Value>(&b).ok()).is_some_and(|v| v["repo"] == repo)
+            std::fs::read(f)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .is_some_and(|v| v["repo"] == repo)
         })
         .max_by_key(|f| f.file_name().unwrap().to_owned())
         .unwrap_or_else(|| panic!("no snapshot of {repo}"))
@@ -429,8 +437,11 @@ fn json_log_format_makes_stdout_one_json_line_and_every_stderr_line_json() {
 
     // Another host's fresh lock: the notice is a JSON event, and -q silences it.
     let lock = env.path("store/locks/run");
-    std::fs::write(&lock, r#"{"host":"backup-02.example","pid":4242,"pid_start":1,"started_at":"2026-11-20T01:15:00Z"}"#)
-        .unwrap();
+    std::fs::write(
+        &lock,
+        r#"{"host":"backup-02.example","pid":4242,"pid_start":1,"started_at":"2026-11-20T01:15:00Z"}"#,
+    )
+    .unwrap();
     let held = env.rv(&["--log-format", "json", "run", "--scan", root.to_str().unwrap()]);
     assert_eq!(code(&held), 0);
     assert!(stderr(&held).contains("another run holds"), "{}", stderr(&held));
@@ -500,4 +511,30 @@ fn a_read_only_store_is_exit_2_naming_the_store() {
     assert_eq!(step(&steps, &out, "run"), "2", "{text}");
     assert!(text.contains(&env.store()), "names the store: {text}");
     assert!(!text.contains("panicked"), "{text}");
+}
+
+// Config keys `max_lag` and `prometheus`.
+
+#[test]
+fn max_lag_and_prometheus_come_from_the_config_when_no_flag_is_given() {
+    let (env, root) = forge(&["a", "broken"]);
+    corrupt(&root.join("broken"));
+    age_refs(&root.join("broken"), "3 days ago");
+    let prom = env.path("repovault.prom");
+    let config = env.path("config.toml");
+    std::fs::write(&config, format!("max_lag = \"26h\"\nprometheus = \"{}\"\n", prom.display())).unwrap();
+    let config = config.to_str().unwrap();
+
+    let night = env.rv(&["--config", config, "run", "--scan", root.to_str().unwrap()]);
+    assert_eq!(code(&night), 1, "{}", stderr(&night));
+    let text = std::fs::read_to_string(&prom).expect("run writes the configured textfile");
+    assert!(text.contains("repovault_last_run_failed_repositories 1"), "{text}");
+    assert!(text.contains("repovault_stale_repositories 1"), "max_lag from the config: {text}");
+    std::fs::remove_file(&prom).unwrap();
+
+    let out = env.rv(&["--config", config, "lag", "--scan", root.to_str().unwrap()]);
+    assert_eq!(code(&out), 4, "max_lag from the config: {}", stderr(&out));
+    assert!(prom.exists(), "prometheus from the config");
+    let flag = env.rv(&["--config", config, "lag", "--scan", root.to_str().unwrap(), "--max-lag", "4d"]);
+    assert_eq!(code(&flag), 0, "the flag wins: {}", stderr(&flag));
 }

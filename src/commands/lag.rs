@@ -199,7 +199,8 @@ fn repo_lag(store: &Store, candidate: &Candidate, now: DateTime<Utc>) -> RepoLag
     let (backed_up_change_at, lag_seconds, damage) = match scheduler::latest(store, &candidate.name) {
         Latest::Never => (None, since(changed_at), None),
         Latest::Readable(latest) => {
-            let lag = if holds_current_state(candidate, &latest.snapshot) { 0 } else { since(latest.snapshot.created_at) };
+            let lag =
+                if holds_current_state(candidate, &latest.snapshot) { 0 } else { since(latest.snapshot.created_at) };
             (Some(latest.snapshot.source_changed_at), lag, None)
         }
         // A damaged latest snapshot never makes a repository look fresh.
@@ -358,19 +359,28 @@ fn write_prometheus(path: &std::path::Path, report: &LagReport, last_run: Option
     metric("repovault_max_lag_seconds", "Largest lag of any repository.", &[(String::new(), report.max_lag_seconds)]);
     metric("repovault_p50_lag_seconds", "Median lag.", &[(String::new(), report.p50_lag_seconds)]);
     metric("repovault_p99_lag_seconds", "99th percentile lag.", &[(String::new(), report.p99_lag_seconds)]);
-    metric("repovault_gone", "1 for each repository deleted at the source whose snapshots are kept.", &flagged(&|r| r.gone));
+    metric(
+        "repovault_gone",
+        "1 for each repository deleted at the source whose snapshots are kept.",
+        &flagged(&|r| r.gone),
+    );
     metric(
         "repovault_gone_repositories",
         "Repositories deleted at the source whose snapshots are kept.",
         &count(report.gone),
     );
-    metric("repovault_damaged", "1 for each repository whose latest snapshot cannot be read.", &flagged(&|r| r.damaged));
-    metric("repovault_damaged_repositories", "Repositories whose latest snapshot cannot be read.", &count(report.damaged));
-    let not_backed_up: Vec<(String, i64)> = report
-        .not_backed_up_repos
-        .iter()
-        .map(|n| (label(n.repo.as_deref().unwrap_or(&n.path)), 1))
-        .collect();
+    metric(
+        "repovault_damaged",
+        "1 for each repository whose latest snapshot cannot be read.",
+        &flagged(&|r| r.damaged),
+    );
+    metric(
+        "repovault_damaged_repositories",
+        "Repositories whose latest snapshot cannot be read.",
+        &count(report.damaged),
+    );
+    let not_backed_up: Vec<(String, i64)> =
+        report.not_backed_up_repos.iter().map(|n| (label(n.repo.as_deref().unwrap_or(&n.path)), 1)).collect();
     metric(
         "repovault_not_backed_up",
         "1 for each repository found but not backed up by design (Mercurial, a refused name).",

@@ -100,7 +100,9 @@ impl Night {
                 RejectionKind::Refused => {
                     night.not_backed_up.push(NotBackedUp { repo: None, path, why: rejected.reason.clone() })
                 }
-                RejectionKind::Unreadable => night.failures.push(RepoFailure { repo: path, error: rejected.reason.clone() }),
+                RejectionKind::Unreadable => {
+                    night.failures.push(RepoFailure { repo: path, error: rejected.reason.clone() })
+                }
             }
         }
         for p in planned {
@@ -171,7 +173,10 @@ pub fn run(ctx: &Context, args: &RunArgs) -> Result<Outcome> {
     }
     for g in &gone {
         if let Some(damage) = &g.damaged {
-            output::repo_notice(&g.repo, &format!("gone at the source, and its latest snapshot cannot be read: {damage}"));
+            output::repo_notice(
+                &g.repo,
+                &format!("gone at the source, and its latest snapshot cannot be read: {damage}"),
+            );
         }
     }
 

@@ -47,11 +47,7 @@ pub fn scan(root: &Path) -> Result<ScanResult> {
         let reason = "the scan root itself is a repository; scan its parent".to_owned();
         return Ok(ScanResult {
             repositories: Vec::new(),
-            rejected: vec![Rejected {
-                path: root.to_owned(),
-                reason,
-                kind: RejectionKind::Unreadable,
-            }],
+            rejected: vec![Rejected { path: root.to_owned(), reason, kind: RejectionKind::Unreadable }],
         });
     }
     // The root's entries are walked in parallel, each subtree by one thread.

@@ -82,7 +82,11 @@ impl Store {
         };
         let mine = serde_json::to_vec(&me)?;
         for _ in 0..5 {
-            if self.backend.create_exclusive(RUN_LOCK, &mine).map_err(|e| self.not_writable(e, "creating the run lock"))? {
+            if self
+                .backend
+                .create_exclusive(RUN_LOCK, &mine)
+                .map_err(|e| self.not_writable(e, "creating the run lock"))?
+            {
                 return Ok(LockAttempt::Acquired(self.start_heartbeat(mine)));
             }
             let held = match self.backend.read(RUN_LOCK) {
