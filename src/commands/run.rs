@@ -8,7 +8,10 @@
 //! them vanish at once the scan root is taken for unmounted (see `source::root_guard`).
 //! The summary and the run record are written whatever failed.
 
-use std::{path::PathBuf, time::Duration, time::Instant};
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use anyhow::Result;
 use chrono::{DateTime, Utc};
