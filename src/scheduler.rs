@@ -14,7 +14,7 @@ use crate::{
     backup::{BackupReport, backup_git},
     snapshot::Vcs,
     source::Candidate,
-    store::{Store, repo_key},
+    store::{Store, StoredSnapshot, repo_key},
     throttle::RateLimiter,
     vcs::git,
 };
@@ -28,6 +28,8 @@ pub enum Plan {
     Unchanged,
     /// Found, but its kind cannot be backed up by this version.
     Unsupported(String),
+    /// Its latest snapshot cannot be read (the error): it fails alone, the others go on.
+    Damaged(String),
 }
 
 #[derive(Debug, Clone)]
@@ -41,16 +43,18 @@ pub struct Planned {
 const PLAN_THREADS: usize = 4;
 
 /// Compares each candidate's ref fingerprint with its latest snapshot's; reads no objects.
+/// A repository whose latest snapshot cannot be read is planned as [`Plan::Damaged`]: one
+/// damaged manifest must not stop the night for every other repository.
 pub fn plan(store: &Store, candidates: Vec<Candidate>) -> Result<Vec<Planned>> {
     let chunk = candidates.len().div_ceil(PLAN_THREADS).max(1);
     let mut planned = std::thread::scope(|scope| {
         let workers: Vec<_> = candidates
             .chunks(chunk)
-            .map(|part| scope.spawn(move || part.iter().map(|c| plan_one(store, c)).collect::<Result<Vec<_>>>()))
+            .map(|part| scope.spawn(move || part.iter().map(|c| plan_one(store, c)).collect::<Vec<_>>()))
             .collect();
         let mut planned = Vec::with_capacity(candidates.len());
         for worker in workers {
-            planned.extend(worker.join().map_err(|_| anyhow::anyhow!("planning thread panicked"))??);
+            planned.extend(worker.join().map_err(|_| anyhow::anyhow!("planning thread panicked"))?);
         }
         Ok::<_, anyhow::Error>(planned)
     })?;
@@ -62,12 +66,21 @@ pub fn plan(store: &Store, candidates: Vec<Candidate>) -> Result<Vec<Planned>> {
     Ok(planned)
 }
 
-fn plan_one(store: &Store, candidate: &Candidate) -> Result<Planned> {
-    let plan = match candidate.vcs {
-        Vcs::Hg => Plan::Unsupported("Mercurial repositories are found but not yet backed up".into()),
-        Vcs::Git => match store.latest_snapshot(&candidate.name)? {
-            None => Plan::Backup { waiting_since: None },
-            Some(latest) => {
+/// Why a repository found at the source is left alone by this version, if it is.
+pub fn why_not_backed_up(candidate: &Candidate) -> Option<String> {
+    match candidate.vcs {
+        Vcs::Hg => Some("Mercurial repositories are found but not yet backed up".into()),
+        Vcs::Git => None,
+    }
+}
+
+fn plan_one(store: &Store, candidate: &Candidate) -> Planned {
+    let plan = match why_not_backed_up(candidate) {
+        Some(why) => Plan::Unsupported(why),
+        None => match store.latest_snapshot(&candidate.name) {
+            Err(e) => Plan::Damaged(format!("its latest snapshot cannot be read: {e:#}")),
+            Ok(None) => Plan::Backup { waiting_since: None },
+            Ok(Some(latest)) => {
                 let now = git::source::refs_stat(&git::source::git_dir_of(&candidate.path));
                 if latest.snapshot.source_fingerprint.as_deref() == Some(now.fingerprint.as_str()) {
                     Plan::Unchanged
@@ -77,22 +90,72 @@ fn plan_one(store: &Store, candidate: &Candidate) -> Result<Planned> {
             }
         },
     };
-    Ok(Planned { candidate: candidate.clone(), plan })
+    Planned { candidate: candidate.clone(), plan }
+}
+
+/// A repository's latest snapshot as far as the store can tell.
+#[derive(Debug)]
+pub enum Latest {
+    Never,
+    Readable(StoredSnapshot),
+    /// The latest snapshot file cannot be read (the error); the newest that still reads, if any.
+    Damaged {
+        error: String,
+        newest_readable: Option<StoredSnapshot>,
+    },
+}
+
+/// The latest snapshot of `repo`, falling back to the newest readable one when the latest is
+/// damaged (reads older manifests only then).
+pub fn latest(store: &Store, repo: &str) -> Latest {
+    match store.latest_snapshot(repo) {
+        Ok(None) => Latest::Never,
+        Ok(Some(latest)) => Latest::Readable(latest),
+        Err(e) => Latest::Damaged { error: format!("{e:#}"), newest_readable: newest_readable(store, repo) },
+    }
+}
+
+fn newest_readable(store: &Store, repo: &str) -> Option<StoredSnapshot> {
+    let entries = store.snapshot_entries(Some(repo)).ok()?;
+    entries.iter().rev().filter_map(|entry| store.load_snapshot(entry).ok()).find(|s| s.snapshot.repo == repo)
+}
+
+/// A repository with snapshots that the feed no longer lists.
+#[derive(Debug)]
+pub struct Gone {
+    /// Its NAME, or a label saying why it is unknown (every snapshot of it is damaged).
+    pub repo: String,
+    /// Its latest snapshot cannot be read (the error).
+    pub damaged: Option<String>,
+    /// The newest snapshot that reads, if any.
+    pub newest: Option<StoredSnapshot>,
 }
 
 /// Repositories with snapshots that the feed no longer lists: deleted at the source. Their
-/// snapshots are kept; they are reported, never treated as errors.
-pub fn gone(store: &Store, candidates: &[Candidate]) -> Result<Vec<String>> {
+/// snapshots are kept; they are reported, never treated as errors. A repository whose latest
+/// snapshot is damaged is still listed, named from an older snapshot when one reads.
+pub fn gone(store: &Store, candidates: &[Candidate]) -> Result<Vec<Gone>> {
     let present: HashSet<String> = candidates.iter().map(|c| repo_key(&c.name)).collect();
     let mut gone = Vec::new();
     for key in store.repo_keys()? {
-        if !present.contains(&key)
-            && let Some(latest) = store.latest_snapshot_by_key(&key)?
-        {
-            gone.push(latest.snapshot.repo);
+        if present.contains(&key) {
+            continue;
+        }
+        match store.latest_snapshot_by_key(&key) {
+            Ok(None) => {}
+            Ok(Some(latest)) => {
+                gone.push(Gone { repo: latest.snapshot.repo.clone(), damaged: None, newest: Some(latest) })
+            }
+            Err(e) => {
+                let name = store.name_of_key(&key);
+                let newest = name.as_deref().and_then(|name| newest_readable(store, name));
+                let repo =
+                    name.unwrap_or_else(|| format!("(unknown: every snapshot under snapshots/{key} is damaged)"));
+                gone.push(Gone { repo, damaged: Some(format!("{e:#}")), newest });
+            }
         }
     }
-    gone.sort();
+    gone.sort_by(|a, b| a.repo.cmp(&b.repo));
     Ok(gone)
 }
 

@@ -14,12 +14,21 @@ pub struct FeedArgs {
     /// Learn which repositories changed from this PostgreSQL database.
     #[arg(long, env = "DATABASE_URL", value_name = "URL")]
     pub database_url: Option<String>,
+    /// Accept that most of the store's repositories (or the scan root's mount) are gone at
+    /// once: without it, that is taken for an unmounted or wrong root (exit 2).
+    #[arg(long)]
+    pub allow_gone: bool,
 }
 
 impl FeedArgs {
+    /// The scan root in use (flag, else config), when the feed is a scan.
+    pub fn scan_root<'a>(&'a self, config: &'a crate::config::Config) -> Option<&'a PathBuf> {
+        self.scan.as_ref().or(config.scan.as_ref())
+    }
+
     /// The repositories the feed lists now.
     pub fn discover(&self, config: &crate::config::Config) -> anyhow::Result<crate::source::scan::ScanResult> {
-        let scan = self.scan.as_ref().or(config.scan.as_ref());
+        let scan = self.scan_root(config);
         let database_url = self.database_url.as_ref().or(config.database_url.as_ref());
         match (scan, database_url) {
             (Some(root), _) => crate::source::scan::scan(root).map_err(|e| usage(format!("{e:#}"))),

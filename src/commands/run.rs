@@ -1,21 +1,34 @@
 //! `repovault run`: the nightly job. Finds the repositories that changed since their latest
 //! snapshot and backs each up; one repository's failure never stops the others.
+//!
+//! Every repository found ends in exactly one of the summary's buckets: backed up,
+//! unchanged, failed (an error: exit 1), or not backed up (found, and deliberately left
+//! alone: a Mercurial repository, a refused name; reported every night, not an error).
+//! Repositories the store holds that the scan no longer finds are "gone"; when most of
+//! them vanish at once the scan root is taken for unmounted (see `source::root_guard`).
+//! The summary and the run record are written whatever failed.
 
 use std::{
-    io::IsTerminal,
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
 use anyhow::Result;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use clap::Args;
+use serde::Serialize;
 
 use super::{Context, FeedArgs, Outcome, StoreArg};
 use crate::{
     error::usage,
-    scheduler::{self, ExecOptions, Plan},
-    source::Candidate,
-    store::{RunRecord, lock::LockAttempt},
+    output,
+    scheduler::{self, ExecOptions, Gone, Plan, Planned},
+    source::{
+        Candidate, Rejected, RejectionKind,
+        root_guard::{self, GoneCount, ScanRoot},
+        scan::ScanResult,
+    },
+    store::{RunRecord, Store, lock::LockAttempt, runs::NotBackedUp},
     throttle::{RateLimiter, parse_rate},
 };
 
@@ -34,10 +47,86 @@ pub struct RunArgs {
     /// List what would be backed up, and change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Print the result as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// After the run, also write the freshness figures to this node_exporter textfile, as
+    /// `lag --prometheus` does (config key `prometheus`).
+    #[arg(long, value_name = "FILE")]
+    pub prometheus: Option<PathBuf>,
 }
 
 /// Delays before the retries of a repository that failed with a transient I/O error.
 const RETRY_DELAYS: [Duration; 2] = [Duration::from_secs(2), Duration::from_secs(10)];
+
+/// A repository (or a path the scan could not read) that failed tonight, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct RepoFailure {
+    pub repo: String,
+    pub error: String,
+}
+
+/// What `run --json` prints: the summary, for machines.
+#[derive(Debug, Serialize)]
+pub struct RunResult {
+    pub finished_at: DateTime<Utc>,
+    pub examined: u64,
+    pub changed: u64,
+    pub backed_up: u64,
+    pub unchanged: u64,
+    pub failed: u64,
+    pub gone: u64,
+    pub not_backed_up: u64,
+    pub bytes_read: u64,
+    pub bytes_stored: u64,
+    pub duration_seconds: f64,
+    pub failed_repos: Vec<RepoFailure>,
+    pub gone_repos: Vec<String>,
+    pub not_backed_up_repos: Vec<NotBackedUp>,
+}
+
+/// Tonight's repositories, sorted into what is to be done with each.
+#[derive(Default)]
+struct Night {
+    work: Vec<Candidate>,
+    unchanged: u64,
+    failures: Vec<RepoFailure>,
+    not_backed_up: Vec<NotBackedUp>,
+}
+
+impl Night {
+    fn sort(rejected: &[Rejected], planned: Vec<Planned>) -> Night {
+        let mut night = Night::default();
+        for rejected in rejected {
+            let path = output::path(&rejected.path);
+            match rejected.kind {
+                RejectionKind::Refused => {
+                    night.not_backed_up.push(NotBackedUp { repo: None, path, why: rejected.reason.clone() })
+                }
+                RejectionKind::Unreadable => {
+                    night.failures.push(RepoFailure { repo: path, error: rejected.reason.clone() })
+                }
+            }
+        }
+        for p in planned {
+            match p.plan {
+                Plan::Backup { .. } => night.work.push(p.candidate),
+                Plan::Unchanged => night.unchanged += 1,
+                Plan::Unsupported(why) => night.not_backed_up.push(NotBackedUp {
+                    path: output::path(&p.candidate.path),
+                    repo: Some(p.candidate.name),
+                    why,
+                }),
+                Plan::Damaged(error) => night.failures.push(RepoFailure { repo: p.candidate.name, error }),
+            }
+        }
+        night
+    }
+
+    fn examined(&self) -> u64 {
+        (self.work.len() + self.failures.len() + self.not_backed_up.len()) as u64 + self.unchanged
+    }
+}
 
 pub fn run(ctx: &Context, args: &RunArgs) -> Result<Outcome> {
     let started = Instant::now();
@@ -56,6 +145,7 @@ pub fn run(ctx: &Context, args: &RunArgs) -> Result<Outcome> {
         .map(RateLimiter::new);
     let store = ctx.open_store(&args.store)?;
     let found = args.feed.discover(&ctx.config)?;
+    let scan_root = args.feed.scan_root(&ctx.config).map(|root| ScanRoot::observe(root));
 
     let _lock = if args.dry_run {
         None
@@ -63,48 +153,40 @@ pub fn run(ctx: &Context, args: &RunArgs) -> Result<Outcome> {
         match store.lock_run()? {
             LockAttempt::Acquired(lock) => Some(lock),
             LockAttempt::HeldBy(holder) => {
-                eprintln!("another run holds store {} ({holder}); nothing to do", store.location());
+                output::notice(&format!("another run holds store {} ({holder}); nothing to do", store.location()));
                 return Ok(Outcome::Done);
             }
         }
     };
 
     let gone = scheduler::gone(&store, &found.repositories)?;
-    let planned = scheduler::plan(&store, found.repositories)?;
-    let mut work: Vec<Candidate> = Vec::new();
-    let (mut unchanged, mut unsupported) = (0u64, Vec::new());
-    for p in planned {
-        match p.plan {
-            Plan::Backup { .. } => work.push(p.candidate),
-            Plan::Unchanged => unchanged += 1,
-            Plan::Unsupported(why) => unsupported.push((p.candidate.name, why)),
-        }
+    if !args.feed.allow_gone {
+        let count = GoneCount { gone: gone.len(), stored: store.repo_keys()?.len() };
+        root_guard::check(scan_root.as_ref(), previous_run(&store).as_ref(), count)?;
     }
-    let examined = (work.len() + unchanged as usize + unsupported.len() + found.rejected.len()) as u64;
+    let ScanResult { repositories, rejected } = found;
+    let candidates = repositories.clone();
+    let night = Night::sort(&rejected, scheduler::plan(&store, repositories)?);
 
     if args.dry_run {
-        for candidate in &work {
-            println!("would back up {}", candidate.name);
+        return print_dry_run(&night, &gone);
+    }
+    for failure in &night.failures {
+        output::repo_error(&failure.repo, &failure.error);
+    }
+    for g in &gone {
+        if let Some(damage) = &g.damaged {
+            output::repo_notice(
+                &g.repo,
+                &format!("gone at the source, and its latest snapshot cannot be read: {damage}"),
+            );
         }
-        println!(
-            "dry run: {examined} examined, {} would be backed up, {unchanged} unchanged, {} gone, {} not supported, {} refused",
-            work.len(),
-            gone.len(),
-            unsupported.len(),
-            found.rejected.len()
-        );
-        return Ok(Outcome::Done);
     }
 
-    let mut failures: Vec<(String, String)> = Vec::new();
-    for rejected in &found.rejected {
-        let line = format!("{}: {}", rejected.path.display(), rejected.reason);
-        report_failure(ctx, &rejected.path.display().to_string(), &line);
-        failures.push((rejected.path.display().to_string(), rejected.reason.clone()));
-    }
-
-    let progress = progress_bar(ctx, work.len() as u64);
-    let changed = work.len() as u64;
+    let examined = night.examined();
+    let changed = night.work.len() as u64;
+    let Night { work, unchanged, mut failures, not_backed_up } = night;
+    let progress = output::progress_bar(work.len() as u64, "{bar:30} {pos}/{len} repositories  {msg}  ETA {eta}");
     let (mut backed_up, mut bytes_read, mut bytes_stored) = (0u64, 0u64, 0u64);
     let options = ExecOptions { jobs, limiter: limiter.as_ref(), retry_delays: RETRY_DELAYS.to_vec() };
     scheduler::execute(&store, work, &options, |result| {
@@ -129,8 +211,8 @@ pub fn run(ctx: &Context, args: &RunArgs) -> Result<Outcome> {
                 );
             }
             scheduler::Outcome::Failed(error) => {
-                progress.suspend(|| report_failure(ctx, &result.name, error));
-                failures.push((result.name.clone(), error.clone()));
+                progress.suspend(|| output::repo_error(&result.name, error));
+                failures.push(RepoFailure { repo: result.name.clone(), error: error.clone() });
             }
         }
     });
@@ -148,34 +230,76 @@ pub fn run(ctx: &Context, args: &RunArgs) -> Result<Outcome> {
         gone: gone.len() as u64,
         bytes_read,
         bytes_stored,
-        failed_repos: failures.iter().map(|(name, _)| name.clone()).collect(),
+        failed_repos: failures.iter().map(|f| f.repo.clone()).collect(),
+        gone_repos: gone.iter().map(|g| g.repo.clone()).collect(),
+        not_backed_up: not_backed_up.len() as u64,
+        not_backed_up_repos: not_backed_up.clone(),
+        scan_root: scan_root.as_ref().map(ScanRoot::display),
+        scan_root_was_mount_point: scan_root.as_ref().map(|r| r.mount_point),
     };
+    let mut outcome = if failures.is_empty() { Outcome::Done } else { Outcome::PartlyFailed };
     if let Err(e) = store.write_run_record(&record) {
-        eprintln!("error: store {}: cannot record this run: {e:#}", store.location());
+        output::error(&format!("store {}: cannot record this run: {e:#}", store.location()));
+        outcome = Outcome::PartlyFailed;
     }
-    print_summary(&record, &gone, &unsupported, started.elapsed());
-    Ok(if failures.is_empty() { Outcome::Done } else { Outcome::PartlyFailed })
-}
-
-fn report_failure(ctx: &Context, repo: &str, error: &str) {
+    if let Some(path) = args.prometheus.as_ref().or(ctx.config.prometheus.as_ref()) {
+        let max_lag = super::lag::max_lag_seconds(None, &ctx.config)?;
+        if let Err(e) = super::lag::update_prometheus(&store, &candidates, &rejected, max_lag, path) {
+            output::error(&format!("{e:#}"));
+            outcome = Outcome::PartlyFailed;
+        }
+    }
+    let result = RunResult {
+        finished_at: record.finished_at,
+        examined,
+        changed,
+        backed_up,
+        unchanged,
+        failed: record.failed,
+        gone: record.gone,
+        not_backed_up: record.not_backed_up,
+        bytes_read,
+        bytes_stored,
+        duration_seconds: started.elapsed().as_secs_f64(),
+        failed_repos: failures,
+        gone_repos: record.gone_repos.clone(),
+        not_backed_up_repos: not_backed_up,
+    };
     if ctx.log_json {
-        tracing::error!(repo, result = "failed", error, "repository backup failed");
+        output::json_line(&result)?;
+    } else if args.json {
+        output::json(&result)?;
     } else {
-        eprintln!("error: repository {repo}: {error}");
+        print_summary(&result)?;
     }
+    Ok(outcome)
 }
 
-fn progress_bar(ctx: &Context, total: u64) -> indicatif::ProgressBar {
-    if ctx.quiet || ctx.log_json || !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
+/// The previous run's record, for the scan root check; an unreadable one is no evidence.
+fn previous_run(store: &Store) -> Option<RunRecord> {
+    store.last_run_record().unwrap_or_else(|e| {
+        output::notice(&format!("cannot read the previous run record: {e:#}"));
+        None
+    })
+}
+
+fn print_dry_run(night: &Night, gone: &[Gone]) -> Result<Outcome> {
+    for candidate in &night.work {
+        output::line(&format!("would back up {}", candidate.name))?;
     }
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} repositories  {msg}  ETA {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar.enable_steady_tick(Duration::from_millis(250));
-    bar
+    for failure in &night.failures {
+        output::line(&format!("would fail {}: {}", failure.repo, failure.error))?;
+    }
+    output::line(&format!(
+        "dry run: {} examined, {} would be backed up, {} unchanged, {} gone, {} not backed up, {} failing",
+        night.examined(),
+        night.work.len(),
+        night.unchanged,
+        gone.len(),
+        night.not_backed_up.len(),
+        night.failures.len()
+    ))?;
+    Ok(Outcome::Done)
 }
 
 pub fn human_bytes(bytes: u64) -> String {
@@ -189,30 +313,40 @@ pub fn human_bytes(bytes: u64) -> String {
     if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }
 
-fn print_summary(record: &RunRecord, gone: &[String], unsupported: &[(String, String)], elapsed: Duration) {
-    println!("repovault run finished at {}", record.finished_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
-    println!("  examined      {:>8}", record.examined);
-    println!("  changed       {:>8}", record.changed);
-    println!("  backed up     {:>8}", record.backed_up);
-    println!("  unchanged     {:>8}", record.unchanged);
-    println!("  failed        {:>8}", record.failed);
-    println!("  gone          {:>8}   (deleted at the source; snapshots kept)", gone.len());
-    if !unsupported.is_empty() {
-        println!("  not supported {:>8}   ({})", unsupported.len(), unsupported[0].1);
+/// Lines after the counts name at most this many repositories of each kind.
+const LISTED: usize = 10;
+
+fn print_summary(result: &RunResult) -> Result<()> {
+    let finished = result.finished_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    output::line(&format!("repovault run finished at {finished}"))?;
+    output::line(&format!("  examined      {:>8}", result.examined))?;
+    output::line(&format!("  changed       {:>8}", result.changed))?;
+    output::line(&format!("  backed up     {:>8}", result.backed_up))?;
+    output::line(&format!("  unchanged     {:>8}", result.unchanged))?;
+    output::line(&format!("  failed        {:>8}", result.failed))?;
+    output::line(&format!("  gone          {:>8}   (deleted at the source; snapshots kept)", result.gone))?;
+    output::line(&format!("  not backed up {:>8}   (found, left alone by design; see below)", result.not_backed_up))?;
+    output::line(&format!("  bytes read    {:>8}", human_bytes(result.bytes_read)))?;
+    output::line(&format!("  bytes stored  {:>8}", human_bytes(result.bytes_stored)))?;
+    output::line(&format!("  duration      {:>7.1}s", result.duration_seconds))?;
+    let gone: Vec<String> = result.gone_repos.iter().map(|name| format!("gone: {name}")).collect();
+    list(&gone, "gone")?;
+    let failed: Vec<String> = result.failed_repos.iter().map(|f| format!("failed: {}", f.repo)).collect();
+    list(&failed, "failed")?;
+    let left: Vec<String> = result
+        .not_backed_up_repos
+        .iter()
+        .map(|n| format!("not backed up: {} ({})", n.repo.as_deref().unwrap_or(&n.path), n.why))
+        .collect();
+    list(&left, "not backed up")
+}
+
+fn list(lines: &[String], label: &str) -> Result<()> {
+    for line in lines.iter().take(LISTED) {
+        output::line(&format!("  {line}"))?;
     }
-    println!("  bytes read    {:>8}", human_bytes(record.bytes_read));
-    println!("  bytes stored  {:>8}", human_bytes(record.bytes_stored));
-    println!("  duration      {:>7.1}s", elapsed.as_secs_f64());
-    for name in gone.iter().take(10) {
-        println!("  gone: {name}");
+    if lines.len() > LISTED {
+        output::line(&format!("  {label}: ... and {} more (see run --json)", lines.len() - LISTED))?;
     }
-    if gone.len() > 10 {
-        println!("  gone: ... and {} more", gone.len() - 10);
-    }
-    for name in record.failed_repos.iter().take(10) {
-        println!("  failed: {name}");
-    }
-    if record.failed_repos.len() > 10 {
-        println!("  failed: ... and {} more (see the errors above)", record.failed_repos.len() - 10);
-    }
+    Ok(())
 }

@@ -2,6 +2,7 @@
 //! changed. `scan` walks a directory tree (the default for a small install); a PostgreSQL
 //! feed is planned.
 
+pub mod root_guard;
 pub mod scan;
 
 use std::path::PathBuf;
@@ -23,4 +24,15 @@ pub struct Candidate {
 pub struct Rejected {
     pub path: PathBuf,
     pub reason: String,
+    pub kind: RejectionKind,
+}
+
+/// Whether a rejection is a decision (reported, not an error) or a failure to look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectionKind {
+    /// A repository was found and deliberately not backed up (its name is refused): the
+    /// operator is told every night, but it does not fail the night.
+    Refused,
+    /// The feed could not look (an unreadable directory may hide repositories): a failure.
+    Unreadable,
 }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use walkdir::WalkDir;
 
-use super::{Candidate, Rejected};
+use super::{Candidate, Rejected, RejectionKind};
 use crate::snapshot::Vcs;
 
 /// What a scan found.
@@ -45,7 +45,10 @@ pub fn scan(root: &Path) -> Result<ScanResult> {
     anyhow::ensure!(meta.is_dir(), "scan root {} is not a directory", root.display());
     if kind_of(root).is_some() {
         let reason = "the scan root itself is a repository; scan its parent".to_owned();
-        return Ok(ScanResult { repositories: Vec::new(), rejected: vec![Rejected { path: root.to_owned(), reason }] });
+        return Ok(ScanResult {
+            repositories: Vec::new(),
+            rejected: vec![Rejected { path: root.to_owned(), reason, kind: RejectionKind::Unreadable }],
+        });
     }
     // The root's entries are walked in parallel, each subtree by one thread.
     let mut tops: Vec<PathBuf> = std::fs::read_dir(root)
@@ -78,7 +81,8 @@ fn walk_subtrees(root: &Path, tops: &[PathBuf]) -> ScanResult {
                 Ok(entry) => entry,
                 Err(e) => {
                     let path = e.path().map(Path::to_owned).unwrap_or_else(|| top.to_owned());
-                    result.rejected.push(Rejected { path, reason: format!("cannot read: {e}") });
+                    let reason = format!("cannot read: {e}");
+                    result.rejected.push(Rejected { path, reason, kind: RejectionKind::Unreadable });
                     continue;
                 }
             };
@@ -90,7 +94,9 @@ fn walk_subtrees(root: &Path, tops: &[PathBuf]) -> ScanResult {
             walk.skip_current_dir();
             match name_of(root, dir) {
                 Ok(name) => result.repositories.push(Candidate { name, path: dir.to_owned(), vcs }),
-                Err(reason) => result.rejected.push(Rejected { path: dir.to_owned(), reason }),
+                Err(reason) => {
+                    result.rejected.push(Rejected { path: dir.to_owned(), reason, kind: RejectionKind::Refused })
+                }
             }
         }
     }

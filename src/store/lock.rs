@@ -70,8 +70,10 @@ fn process_start(pid: u32) -> Option<u64> {
 
 impl Store {
     /// Takes the run lock, or says who holds it.
+    /// A store that cannot be written (read-only mount, no permission) is a usage error
+    /// (exit 2) naming the store: nothing could be backed up into it.
     pub fn lock_run(&self) -> Result<LockAttempt<'_>> {
-        self.backend.create_dir("locks")?;
+        self.backend.create_dir("locks").map_err(|e| self.not_writable(e, "creating locks/"))?;
         let me = LockInfo {
             host: crate::backup::hostname(),
             pid: std::process::id(),
@@ -83,7 +85,7 @@ impl Store {
             if self
                 .backend
                 .create_exclusive(RUN_LOCK, &mine)
-                .with_context(|| format!("store {}: creating {RUN_LOCK}", self.location()))?
+                .map_err(|e| self.not_writable(e, "creating the run lock"))?
             {
                 return Ok(LockAttempt::Acquired(self.start_heartbeat(mine)));
             }
@@ -116,6 +118,19 @@ impl Store {
             self.backend.remove(&aside)?;
         }
         anyhow::bail!("store {}: could not take the run lock (it keeps changing hands)", self.location())
+    }
+
+    /// Turns "cannot write" into a usage error naming the store; other errors keep their kind.
+    fn not_writable(&self, error: std::io::Error, step: &str) -> anyhow::Error {
+        // EPERM, EACCES, EROFS
+        if matches!(error.raw_os_error(), Some(1 | 13 | 30)) {
+            crate::error::usage(format!(
+                "store {} cannot be written ({step}: {error}): is it mounted read-only or owned by another user?",
+                self.location()
+            ))
+        } else {
+            anyhow::Error::new(error).context(format!("store {}: {step} ({RUN_LOCK})", self.location()))
+        }
     }
 
     fn is_stale(&self, holder: &LockInfo) -> Result<bool> {

@@ -21,6 +21,32 @@ pub struct RunRecord {
     pub bytes_read: u64,
     pub bytes_stored: u64,
     pub failed_repos: Vec<String>,
+    /// Repositories the store holds that the feed no longer lists (added in 0.2: absent in
+    /// older records, hence the defaults).
+    #[serde(default)]
+    pub gone_repos: Vec<String>,
+    /// Found but not backed up by design (a Mercurial repository, a refused name).
+    #[serde(default)]
+    pub not_backed_up: u64,
+    #[serde(default)]
+    pub not_backed_up_repos: Vec<NotBackedUp>,
+    /// The `--scan` root, absolute, and whether it was a mount point: a root that was a
+    /// mount point and no longer is has been unmounted, which the next run refuses to take
+    /// for a night on which every repository was deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scan_root: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scan_root_was_mount_point: Option<bool>,
+}
+
+/// A repository found at the source but not backed up, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotBackedUp {
+    /// Its NAME, when it has a valid one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
+    pub path: String,
+    pub why: String,
 }
 
 impl Store {
