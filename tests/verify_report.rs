@@ -75,9 +75,12 @@ fn repo_with_big_file(env: &Env, name: &str, big: &[u8]) -> (PathBuf, String) {
     (repo, id)
 }
 
+/// Snapshots as `(repo, snapshot id)`.
+type SnapshotSet = BTreeSet<(String, String)>;
+
 /// The `(repo, snapshot)` pairs of the report's problems, and of its `unrestorable` list.
-fn listed(report: &serde_json::Value) -> (BTreeSet<(String, String)>, BTreeSet<(String, String)>) {
-    let pairs = |items: &serde_json::Value| -> BTreeSet<(String, String)> {
+fn listed(report: &serde_json::Value) -> (SnapshotSet, SnapshotSet) {
+    let pairs = |items: &serde_json::Value| -> SnapshotSet {
         items
             .as_array()
             .unwrap_or_else(|| panic!("an array in {report}"))
@@ -199,7 +202,7 @@ fn damage_in_a_shared_chunk_is_reported_within_the_named_repositories() {
     assert_eq!(code(&out), 3, "{}", stderr(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["repos_checked"], 2, "{report:#}");
-    let expected: BTreeSet<(String, String)> = ["named", "also-named"]
+    let expected: SnapshotSet = ["named", "also-named"]
         .iter()
         .flat_map(|name| chains[name].iter().map(|id| (name.to_string(), id.clone())))
         .collect();
