@@ -513,7 +513,15 @@ fn deep_pass(
     let base = ctx.scratch_base();
     for latest in latest_of_each {
         bar.set_message(output::escape(&latest.snapshot.repo).into_owned());
-        let scratch = ctx.scratch().map_err(|e| scratch_error(&base, &format!("{:#}", e.root_cause())))?;
+        let scratch = match ctx.scratch() {
+            Ok(scratch) => scratch,
+            Err(e) => {
+                // Gone or refused since the start: said the way the start would have said it.
+                bar.finish_and_clear();
+                check_scratch_base(&base)?;
+                return Err(usage(format!("{e:#}")));
+            }
+        };
         if let Err(e) = deep_check(store, latest, scratch.path()) {
             if let Some(cause) = scratch_environment_cause(&e, scratch.path()) {
                 bar.finish_and_clear();
