@@ -224,3 +224,76 @@ fn damaged_snapshot_manifest_is_reported_by_verify() {
     let problems = report["problems"].as_array().unwrap();
     assert!(problems.iter().any(|p| p["problem"].as_str().unwrap().contains("damaged")), "{report}");
 }
+
+/// Three snapshots chained oldest to newest; returns their ids and manifest files.
+fn chained_snapshots(env: &Env) -> Vec<(String, PathBuf)> {
+    env.init_store();
+    let repo = new_repo(&env.path("src"));
+    let ids: Vec<String> = (0..3)
+        .map(|i| {
+            commit_file(&repo, "f", &format!("{i}\n"), &format!("c{i}"));
+            env.backup("src", &repo)
+        })
+        .collect();
+    let files = files_under(&env.path("store/snapshots"));
+    ids.into_iter()
+        .map(|id| {
+            let file = files.iter().find(|f| f.to_string_lossy().ends_with(&id)).unwrap().clone();
+            (id, file)
+        })
+        .collect()
+}
+
+/// The report's problems about `snapshot`.
+fn problems_of<'a>(report: &'a serde_json::Value, snapshot: &str) -> Vec<&'a str> {
+    report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["snapshot"] == snapshot)
+        .map(|p| p["problem"].as_str().unwrap())
+        .collect()
+}
+
+/// A damaged manifest makes every later snapshot chained to it unrestorable: each is
+/// listed, saying why.
+#[test]
+fn damaged_manifest_lists_every_later_snapshot_chained_to_it() {
+    let env = Env::new();
+    let chain = chained_snapshots(&env);
+    let (first, file) = &chain[0];
+    let text = std::fs::read_to_string(file).unwrap();
+    std::fs::write(file, text.replacen("refs/heads/main", "refs/heads/mainx", 1)).unwrap();
+    let out = env.rv(&["verify", "--json"]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(problems_of(&report, first).iter().any(|p| p.contains("damaged")), "{report:#}");
+    for (later, _) in &chain[1..] {
+        let problems = problems_of(&report, later);
+        assert!(
+            problems.iter().any(|p| p.contains("cannot be restored") && p.contains(&first[..12])),
+            "{later} depends on {first}: {report:#}"
+        );
+    }
+    assert_eq!(report["unrestorable"].as_array().unwrap().len(), 3, "{report:#}");
+}
+
+/// A snapshot whose parent is gone breaks the chain for it and for every snapshot after it.
+#[test]
+fn missing_parent_lists_every_later_snapshot_chained_through_it() {
+    let env = Env::new();
+    let chain = chained_snapshots(&env);
+    std::fs::remove_file(&chain[0].1).unwrap();
+    let out = env.rv(&["verify", "--json"]);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (second, third) = (&chain[1].0, &chain[2].0);
+    assert!(problems_of(&report, second).iter().any(|p| p.contains("is missing")), "{report:#}");
+    assert!(
+        problems_of(&report, third).iter().any(|p| p.contains("cannot be restored") && p.contains(&second[..12])),
+        "{report:#}"
+    );
+    let dest = env.path("out");
+    let out = env.rv(&["restore", "src", &dest.to_string_lossy(), "--at", third]);
+    assert_ne!(code(&out), 0, "the listed snapshot indeed does not restore");
+}
