@@ -59,12 +59,15 @@ impl Context {
         self.scratch_dir.clone().or_else(|| self.config.scratch_dir.clone()).unwrap_or_else(std::env::temp_dir)
     }
 
-    /// A fresh scratch directory, removed when dropped.
+    /// A fresh scratch directory, removed when dropped. Failing to make one is the
+    /// machine's problem, not the store's: a usage error naming the directory.
     pub fn scratch(&self) -> anyhow::Result<tempfile::TempDir> {
         let dir = self.scratch_base();
-        tempfile::Builder::new()
-            .prefix("repovault-")
-            .tempdir_in(&dir)
-            .map_err(|e| anyhow::anyhow!("scratch directory {}: {e}", dir.display()))
+        tempfile::Builder::new().prefix("repovault-").tempdir_in(&dir).map_err(|e| {
+            crate::error::usage(format!(
+                "scratch directory {}: {e} (config key scratch_dir, default the system temporary directory)",
+                crate::output::path(&dir)
+            ))
+        })
     }
 }
