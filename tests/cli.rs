@@ -324,3 +324,17 @@ fn a_closed_stdout_ends_quietly_and_a_full_one_is_an_error_line() {
         assert!(err.contains("standard output") && !err.contains("panicked"), "{err}");
     }
 }
+
+/// Times in tables are RFC 3339 UTC to the second, the form `restore --at` takes.
+#[test]
+fn lag_table_shows_times_with_their_zone() {
+    let env = Env::new();
+    two_repositories_backed_up(&env);
+    let out = env.rv_ok(&["lag", "--scan", &env.path("forge").to_string_lossy()]);
+    let row = out.lines().find(|l| l.ends_with("  a")).unwrap_or_else(|| panic!("a row for a: {out}"));
+    let times: Vec<&str> = row.split_whitespace().filter(|w| w.contains(':')).collect();
+    assert_eq!(times.len(), 2, "{row}");
+    for t in times {
+        assert!(chrono::DateTime::parse_from_rfc3339(t).is_ok() && t.ends_with('Z'), "{t} in {row}");
+    }
+}

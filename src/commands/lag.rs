@@ -288,7 +288,7 @@ fn percentile(sorted: &[i64], p: usize) -> i64 {
 
 fn print_table(report: &LagReport) -> Result<()> {
     output::line(&format!("{:>10}  {:<20}  {:<20}  REPO", "LAG", "CHANGED", "BACKED UP CHANGE"))?;
-    let time = |t: &DateTime<Utc>| t.format("%Y-%m-%d %H:%M:%S").to_string();
+    let time = super::snapshots::display_time;
     for r in &report.repos {
         let mark = match (r.gone, r.damaged) {
             (true, true) => "  (gone at the source; latest snapshot DAMAGED)",
