@@ -244,7 +244,7 @@ fn an_empty_scan_root_is_refused_unless_the_deletions_are_declared() {
 
 /// Runs `script` with `sh` in a private mount namespace (we run as root); returns the
 /// `name=value` lines it printed.
-fn in_mount_namespace(env: &Env, script: &str, vars: &[(&str, &Path)]) -> (String, Output) {
+fn in_mount_namespace(env: &Env, script: &str, vars: &[(&str, &Path)]) -> Output {
     let mut command = Command::new("unshare");
     command
         .args(["--mount", "sh", "-c", script])
@@ -254,16 +254,7 @@ fn in_mount_namespace(env: &Env, script: &str, vars: &[(&str, &Path)]) -> (Strin
     for (name, value) in vars {
         command.env(name, value);
     }
-    let out = command.output().expect("this test needs `unshare` (util-linux)");
-    (stdout(&out), out)
-}
-
-fn step(steps: &str, out: &Output, name: &str) -> String {
-    steps
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name}=")))
-        .unwrap_or_else(|| panic!("no {name}= in the script's output:\n{steps}\n{}", stderr(out)))
-        .to_owned()
+    command.output().expect("this test needs `unshare` (util-linux)")
 }
 
 #[test]
@@ -289,16 +280,16 @@ fn a_scan_root_that_is_no_longer_a_mount_point_is_refused() {
         "$RV" lag --scan "$ROOT" >"$LOG.lag" 2>&1; echo "lag=$?"
         "$RV" run --scan "$ROOT" --allow-gone >"$LOG.allowed" 2>&1; echo "allowed=$?"
     "#;
-    let (steps, out) = in_mount_namespace(&env, script, &[("ROOT", &root), ("TEMPLATE", &template), ("LOG", &log)]);
+    let out = in_mount_namespace(&env, script, &[("ROOT", &root), ("TEMPLATE", &template), ("LOG", &log)]);
     let read_log = |suffix: &str| std::fs::read_to_string(format!("{}.{suffix}", log.display())).unwrap_or_default();
-    assert_eq!(step(&steps, &out, "mount"), "0", "{}", stderr(&out));
-    assert_eq!(step(&steps, &out, "mounted"), "0", "{}", read_log("mounted"));
-    assert_eq!(step(&steps, &out, "umount"), "0");
+    assert_eq!(script_step(&out, "mount"), "0", "{}", stderr(&out));
+    assert_eq!(script_step(&out, "mounted"), "0", "{}", read_log("mounted"));
+    assert_eq!(script_step(&out, "umount"), "0");
     let refused = read_log("unmounted");
-    assert_eq!(step(&steps, &out, "unmounted"), "2", "{refused}");
+    assert_eq!(script_step(&out, "unmounted"), "2", "{refused}");
     assert!(refused.contains(&*root.to_string_lossy()) && refused.contains("mount point"), "{refused}");
-    assert_eq!(step(&steps, &out, "lag"), "2", "{}", read_log("lag"));
-    assert_eq!(step(&steps, &out, "allowed"), "0", "{}", read_log("allowed"));
+    assert_eq!(script_step(&out, "lag"), "2", "{}", read_log("lag"));
+    assert_eq!(script_step(&out, "allowed"), "0", "{}", read_log("allowed"));
     assert_eq!(run_records(&env), 2, "the refused run recorded nothing");
 }
 
@@ -504,10 +495,10 @@ fn a_read_only_store_is_exit_2_naming_the_store() {
         echo "mount=0"
         "$RV" run --scan "$ROOT" >"$LOG" 2>&1; echo "run=$?"
     "#;
-    let (steps, out) = in_mount_namespace(&env, script, &[("STORE", &store), ("ROOT", &root), ("LOG", &log)]);
-    assert_eq!(step(&steps, &out, "mount"), "0", "{}", stderr(&out));
+    let out = in_mount_namespace(&env, script, &[("STORE", &store), ("ROOT", &root), ("LOG", &log)]);
+    assert_eq!(script_step(&out, "mount"), "0", "{}", stderr(&out));
     let text = std::fs::read_to_string(&log).unwrap();
-    assert_eq!(step(&steps, &out, "run"), "2", "{text}");
+    assert_eq!(script_step(&out, "run"), "2", "{text}");
     assert!(text.contains(&env.store()), "names the store: {text}");
     assert!(!text.contains("panicked"), "{text}");
 }

@@ -48,15 +48,8 @@ fn full_disk_fails_cleanly_and_the_next_run_completes() {
         .env("TMPDIR", env.dir.path())
         .output()
         .expect("this test needs `unshare` (util-linux) to mount a small tmpfs");
-    let steps = String::from_utf8_lossy(&out.stdout).into_owned();
     let read_log = |suffix: &str| std::fs::read_to_string(format!("{}.{suffix}", log.display())).unwrap_or_default();
-    let step = |name: &str| -> String {
-        steps
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}=")))
-            .unwrap_or_else(|| panic!("no {name}= in the script's output:\n{steps}\n{}", stderr(&out)))
-            .to_owned()
-    };
+    let step = |name: &str| script_step(&out, name);
     assert_ne!(step("mount"), "failed", "could not mount a tmpfs in a user namespace: {}", stderr(&out));
     assert_eq!(step("init"), "0");
 

@@ -312,14 +312,7 @@ fn deep_verify_with_a_full_scratch_disk_is_an_environment_error() {
         .env("LOG", &log)
         .output()
         .expect("this test needs `unshare` (util-linux) to mount a small tmpfs");
-    let steps = String::from_utf8_lossy(&out.stdout).into_owned();
-    let step = |name: &str| -> String {
-        steps
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}=")))
-            .unwrap_or_else(|| panic!("no {name}= in the script's output:\n{steps}\n{}", stderr(&out)))
-            .to_owned()
-    };
+    let step = |name: &str| script_step(&out, name);
     assert_ne!(step("mount"), "failed", "could not mount a tmpfs in a user namespace: {}", stderr(&out));
     let deep = std::fs::read_to_string(format!("{}.deep", log.display())).unwrap_or_default();
     assert_eq!(step("deep"), "2", "a full scratch disk is an environment error:\n{deep}");

@@ -232,3 +232,14 @@ pub fn noise_bytes(seed: u64, len: usize) -> Vec<u8> {
 pub fn noise_text(seed: u64, len: usize) -> String {
     noise_bytes(seed, len).into_iter().map(|b| char::from(b'a' + b % 26)).collect()
 }
+
+/// The value a test's shell script reported as a `NAME=value` line on stdout (the scripts run
+/// under `unshare` print one such line per step, since the mount they use is gone after).
+pub fn script_step(out: &Output, name: &str) -> String {
+    let steps = String::from_utf8_lossy(&out.stdout);
+    steps
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name}= in the script's output:\n{steps}\n{}", stderr(out)))
+        .to_owned()
+}
