@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::Deserialize;
 
 use crate::error::usage;
@@ -51,10 +51,20 @@ impl Config {
             return Ok(Config::default());
         };
         let text = std::fs::read_to_string(path)
-            .map_err(|e| usage(format!("config file {}: cannot read it: {e}", path.display())))?;
-        toml::from_str(&text)
-            .map_err(|e| usage(format!("config file {}: {e}", path.display())))
-            .context("loading configuration")
+            .map_err(|e| usage(format!("config file {}: cannot read it: {e}", crate::output::path(path))))?;
+        if let Some(unknown) = unknown_keys(&text) {
+            return Err(usage(format!(
+                "config file {}: unknown key{} {}",
+                crate::output::path(path),
+                if unknown.len() > 1 { "s" } else { "" },
+                unknown.join(", ")
+            )));
+        }
+        toml::from_str(&text).map_err(|e| {
+            let line = e.span().map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+            let at = line.map(|l| format!(" line {l}:")).unwrap_or_default();
+            usage(format!("config file {}:{at} {}", crate::output::path(path), e.message().trim()))
+        })
     }
 
     /// The store from the flag/env value, else from the file, else a usage error.
@@ -62,5 +72,33 @@ impl Config {
         from_flag_or_env.map(str::to_owned).or_else(|| self.store.clone()).filter(|s| !s.is_empty()).ok_or_else(|| {
             usage("no store given: pass --store, set REPOVAULT_STORE, or set `store` in the config file")
         })
+    }
+}
+
+/// Every top-level key of `text` that is not a config key (serde stops at the first), or
+/// `None` when there is none or the text is not TOML (the full parse then says why).
+fn unknown_keys(text: &str) -> Option<Vec<String>> {
+    let table: toml::Table = toml::from_str(text).ok()?;
+    let unknown: Vec<String> = table
+        .into_iter()
+        .filter(|(key, value)| {
+            let mut alone = toml::Table::new();
+            alone.insert(key.clone(), value.clone());
+            alone.try_into::<Config>().is_err_and(|e| e.to_string().contains("unknown field"))
+        })
+        .map(|(key, _)| format!("`{key}`"))
+        .collect();
+    (!unknown.is_empty()).then_some(unknown)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_unknown_key_is_named() {
+        let text = "bogus_key = 1\nstoer = \"/x\"\njobs = 2\n";
+        assert_eq!(unknown_keys(text), Some(vec!["`bogus_key`".to_owned(), "`stoer`".to_owned()]));
+        assert_eq!(unknown_keys("jobs = \"not a number\"\nstore = \"/x\"\n"), None);
     }
 }

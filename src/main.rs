@@ -59,13 +59,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(match e.kind() {
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => 0,
-                _ => 2,
-            });
-        }
+        Err(e) => return bad_command_line(&e),
     };
     // Until the config is read, errors are plain text (or JSON when the flag says so).
     output::init(matches!(cli.log_format, Some(LogFormat::Json)), cli.quiet);
@@ -105,6 +99,39 @@ fn main() -> ExitCode {
         Ok(Outcome::Stale) => ExitCode::from(4),
         Err(e) => report(&e),
     }
+}
+
+/// Help and version go to stdout; a command line clap cannot parse is exit 2, said as clap
+/// says it, or as one JSON error event when JSON logs were asked for.
+fn bad_command_line(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    if json_logs_asked() {
+        output::init(true, false);
+        // clap's text: the error (perhaps over several lines), a blank line, then usage.
+        let text = e.render().to_string();
+        let what: Vec<&str> = text.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
+        let what = what.join(" ");
+        output::error(&format!("{} (see --help)", what.strip_prefix("error: ").unwrap_or(&what)));
+    } else {
+        let _ = e.print();
+    }
+    ExitCode::from(2)
+}
+
+/// Whether `--log-format json` (flag or config file) was asked for, read without clap: for
+/// reporting a command line that clap refused.
+fn json_logs_asked() -> bool {
+    let args: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
+    let flag = args.iter().position(|a| a == "--log-format").and_then(|i| args.get(i + 1)).map(String::as_str);
+    if flag == Some("json") || args.iter().any(|a| a == "--log-format=json") {
+        return true;
+    }
+    let config = std::env::var_os("REPOVAULT_CONFIG").map(PathBuf::from);
+    flag.is_none() && Config::load(config.as_deref()).is_ok_and(|c| c.log_format.as_deref() == Some("json"))
 }
 
 /// One readable line per error: the context chain joined, no backtrace.

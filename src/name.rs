@@ -6,7 +6,7 @@ use crate::error::usage;
 /// Checks a repository NAME as the contract defines it: relative, `/`-separated, with no
 /// empty, `.` or `..` component, no NUL and no backslash.
 pub fn validate(name: &str) -> anyhow::Result<()> {
-    let refuse = |why: &str| Err(usage(format!("repository name {name:?} refused: {why}")));
+    let refuse = |why: &str| Err(usage(format!("repository name \"{name}\" refused: {why}")));
     if name.is_empty() {
         return refuse("it is empty");
     }

@@ -40,14 +40,17 @@ pub fn quiet() -> bool {
 }
 
 /// Escapes control characters (ESC, newline, CR, DEL, C1 controls ...) as `\n`, `\x1b`,
-/// `\u{9b}`. Backslashes are left alone so that an already escaped text is not escaped again.
+/// `\u{9b}`, and a backslash as `\\`, so that what is shown tells a name holding the four
+/// characters `\x1b` from one holding an escape character. Messages are built raw (no `{:?}`
+/// of names) and escaped here, once.
 pub fn escape(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
+    if !text.chars().any(|c| c.is_control() || c == '\\') {
         return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 8);
     for c in text.chars() {
         match c {
+            '\\' => out.push_str("\\\\"),
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
@@ -152,7 +155,17 @@ pub fn repo_notice(repo: &str, message: &str) {
 
 /// An error line: `error: ...` on stderr, or a JSON event at level ERROR. Never silenced.
 pub fn error(message: &str) {
-    if json_logs() {
+    if json_logs() && !tracing::dispatcher::has_been_set() {
+        // Before logging is set up (a bad config file, bad flags), the event is written here
+        // in the shape the JSON log lines have.
+        let event = serde_json::json!({
+            "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            "level": "ERROR",
+            "fields": {"message": message},
+            "target": "repovault",
+        });
+        let _ = writeln!(io::stderr().lock(), "{event}");
+    } else if json_logs() {
         tracing::error!(target: "repovault", "{message}");
     } else {
         stderr_line(&format!("error: {message}"));
@@ -192,8 +205,8 @@ mod tests {
         assert_eq!(escape("a\nb"), "a\\nb");
         assert_eq!(escape("x\x1b[31mred"), "x\\x1b[31mred");
         assert_eq!(escape("c1\u{9b}"), "c1\\u{9b}");
-        // Already escaped text stays as it is.
-        assert_eq!(escape(&escape("a\nb")), "a\\nb");
+        // A backslash is escaped too, so an escape character and the text `\x1b` differ.
+        assert_eq!(escape("a\\x1b"), "a\\\\x1b");
         assert_eq!(escape("ünïcødé"), "ünïcødé");
     }
 

@@ -338,3 +338,93 @@ fn lag_table_shows_times_with_their_zone() {
         assert!(chrono::DateTime::parse_from_rfc3339(t).is_ok() && t.ends_with('Z'), "{t} in {row}");
     }
 }
+
+/// With JSON logs, errors met before logging starts (a bad config file, flags clap refuses)
+/// are JSON lines too: the systemd unit's journal must not be silent about them.
+#[test]
+fn early_errors_are_json_lines_with_json_logs() {
+    let env = Env::new();
+    env.init_store();
+    let config = env.path("bad.toml");
+    std::fs::write(&config, "bogus_key = 1\nstoer = \"x\"\n").unwrap();
+    let config = config.to_string_lossy().into_owned();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--log-format", "json", "--config", &config, "snapshots"], "stoer"),
+        (vec!["--log-format", "json", "snapshots", "--bogus"], "--bogus"),
+        (vec!["--log-format=json", "restore", "only-a-name"], "DEST"),
+    ];
+    for (args, named) in cases {
+        let out = env.rv(&args);
+        assert_eq!(code(&out), 2, "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "{args:?}: one line: {err}");
+        let event: serde_json::Value = serde_json::from_str(err.trim()).unwrap_or_else(|e| panic!("{e}: {err}"));
+        assert_eq!(event["level"], "ERROR", "{err}");
+        assert!(event["fields"]["message"].as_str().unwrap().contains(named), "{args:?} names {named}: {err}");
+    }
+    // Without JSON logs, every unknown key of the file is named on one line.
+    let out = env.rv(&["--config", &config, "snapshots"]);
+    assert_eq!(code(&out), 2);
+    assert!(stderr(&out).contains("bogus_key") && stderr(&out).contains("stoer"), "{}", stderr(&out));
+    assert_eq!(stderr(&out).trim().lines().count(), 1, "{}", stderr(&out));
+}
+
+/// Directory names are data from outside: an escape sequence or a newline in one is shown
+/// escaped, so it neither drives the terminal nor splits a line.
+#[test]
+fn hostile_directory_names_are_printed_escaped_once() {
+    let env = Env::new();
+    env.init_store();
+    let evil = env.path("forge/evil\x1b[31mred\nline\x07.git");
+    let repo = new_repo(&evil);
+    commit_file(&repo, "f", "x", "c");
+    let good = new_repo(&env.path("forge/good"));
+    commit_file(&good, "f", "x", "c");
+    let forge = env.path("forge").to_string_lossy().into_owned();
+    let night = env.rv(&["run", "--scan", &forge]);
+    assert_eq!(code(&night), 0, "a refused name is not a failure: {}", stderr(&night));
+    let lag = env.rv(&["lag", "--scan", &forge]);
+    for out in [&night, &lag] {
+        let all = [out.stdout.as_slice(), out.stderr.as_slice()].concat();
+        assert!(!all.iter().any(|&b| b == 0x1b || b == 0x07), "raw control bytes: {}", String::from_utf8_lossy(&all));
+        let text = String::from_utf8_lossy(&all);
+        assert!(text.contains("evil\\x1b[31mred\\nline\\x07.git"), "escaped once: {text}");
+        assert!(!text.contains("\\\\x1b") && !text.contains("\\u{1b}"), "not escaped twice: {text}");
+    }
+}
+
+/// A store mounted read-only is the machine's set-up, not work that failed: exit 2, naming
+/// the store, for every command that writes to it.
+#[test]
+fn a_read_only_store_is_a_usage_error_for_backup_and_forget() {
+    let env = Env::new();
+    env.init_store();
+    let repo = new_repo(&env.path("src"));
+    commit_file(&repo, "f", "x", "c");
+    let first = env.backup("app", &repo);
+    commit_file(&repo, "f", "y", "d");
+    let script = r#"
+        set -u
+        mount --bind "$STORE" "$STORE" && mount -o remount,ro,bind "$STORE" || { echo "mount=failed"; exit 0; }
+        echo "mount=0"
+        "$RV" backup --store "$STORE" --name app "$REPO" >"$LOG.backup" 2>&1; echo "backup=$?"
+        "$RV" forget --store "$STORE" app --snapshot "$FIRST" >"$LOG.forget" 2>&1; echo "forget=$?"
+    "#;
+    let log = env.path("log");
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "sh", "-c", script])
+        .env("RV", env!("CARGO_BIN_EXE_repovault"))
+        .env("STORE", env.store())
+        .env("REPO", &repo)
+        .env("FIRST", &first)
+        .env("LOG", &log)
+        .output()
+        .expect("this test needs `unshare` (util-linux)");
+    assert_eq!(script_step(&out, "mount"), "0", "{}", stderr(&out));
+    for step in ["backup", "forget"] {
+        let said = std::fs::read_to_string(format!("{}.{step}", log.display())).unwrap();
+        assert_eq!(script_step(&out, step), "2", "{step}: {said}");
+        assert!(said.contains(&env.store()), "{step} names the store: {said}");
+    }
+    assert_eq!(snapshot_count(&env.path("store")), 1, "nothing changed");
+}

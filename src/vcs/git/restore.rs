@@ -87,7 +87,7 @@ fn copy_stream(store: &Store, list: &ChunkList, path: &Path) -> Result<()> {
 }
 
 fn full_name(name: &str) -> Result<FullName> {
-    FullName::try_from(name).map_err(|e| anyhow!("ref name {name:?} in the snapshot is invalid: {e}"))
+    FullName::try_from(name).map_err(|e| anyhow!("ref name {name} in the snapshot is invalid: {e}"))
 }
 
 fn update(name: &str, new: Target) -> Result<RefEdit> {
