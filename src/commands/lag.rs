@@ -135,7 +135,11 @@ pub fn run(ctx: &Context, args: &LagArgs) -> Result<Outcome> {
 /// `--max-lag` as seconds, else the config's `max_lag`.
 pub fn max_lag_seconds(flag: Option<&str>, config: &crate::config::Config) -> Result<Option<i64>> {
     flag.or(config.max_lag.as_deref())
-        .map(|d| parse_duration(d).map(|d| d.as_secs() as i64).map_err(|e| usage(format!("max lag (--max-lag or config key max_lag): {e}"))))
+        .map(|d| {
+            parse_duration(d)
+                .map(|d| d.as_secs() as i64)
+                .map_err(|e| usage(format!("max lag (--max-lag or config key max_lag): {e}")))
+        })
         .transpose()
 }
 

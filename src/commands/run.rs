@@ -175,7 +175,9 @@ pub fn run(ctx: &Context, args: &RunArgs) -> Result<Outcome> {
         .rate_limit
         .clone()
         .or_else(|| ctx.config.rate_limit.clone())
-        .map(|rate| parse_rate(&rate).map_err(|e| usage(format!("rate limit (--rate-limit or config key rate_limit): {e}"))))
+        .map(|rate| {
+            parse_rate(&rate).map_err(|e| usage(format!("rate limit (--rate-limit or config key rate_limit): {e}")))
+        })
         .transpose()?
         .map(RateLimiter::new);
     let store = ctx.open_store(&args.store)?;
