@@ -636,3 +636,18 @@ fn prometheus_labels_hold_no_control_characters_and_name_paths_absolutely() {
         format!("repovault_not_backed_up{{repo=\"{}/esc\\\\x1b[31mRED\\\\x07.git\"}} 1", canonical_root.display());
     assert!(text.contains(&label), "{label} in\n{text}");
 }
+
+#[test]
+fn config_values_are_not_blamed_on_flags() {
+    let (env, root) = forge(&["a"]);
+    let config = env.path("config.toml");
+    std::fs::write(&config, "jobs = 0\n").unwrap();
+    let out = env.rv(&["--config", config.to_str().unwrap(), "run", "--scan", root.to_str().unwrap()]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("config key jobs"), "{}", stderr(&out));
+
+    std::fs::write(&config, "max_lag = \"soon\"\n").unwrap();
+    let out = env.rv(&["--config", config.to_str().unwrap(), "lag", "--scan", root.to_str().unwrap()]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("config key max_lag"), "{}", stderr(&out));
+}
