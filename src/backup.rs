@@ -8,7 +8,11 @@
 //!
 //! Identity: the source path is recorded canonical (absolute, symlinks resolved), so that a
 //! NAME defaulted from a path can be checked against the repository it was first used for
-//! ([`check_default_name`]).
+//! ([`check_default_name`]), and so that a new snapshot is chained only to a snapshot of the
+//! same repository: an incremental snapshot on another repository's chain would restore that
+//! repository's objects (one customer's data in another's restore). Unless the caller says
+//! the repository moved on purpose ([`Chaining::AllowMoved`]: `backup --name`), a latest
+//! snapshot recorded for another source path gets a full snapshot after it, with a warning.
 
 use std::{collections::BTreeSet, path::Path};
 
@@ -34,18 +38,35 @@ pub struct BackupReport {
     pub objects: u64,
 }
 
+/// Whether a new snapshot may be chained to a latest snapshot recorded for another path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chaining {
+    /// Only to a snapshot of this source path; otherwise the snapshot is full (`run`, whose
+    /// names come from the scan and may meet another repository's name in the store).
+    SameSourceOnly,
+    /// The NAME was chosen on purpose for this path (`backup --name`): the repository may
+    /// have moved, and continues its chain.
+    AllowMoved,
+}
+
 /// How often a backup is retried when the source's packs changed underneath it (a `git gc`
 /// or repack running at the same time).
 const ATTEMPTS: usize = 3;
 
 /// Backs up the git repository at `path` as `name`, incrementally against its latest
 /// snapshot. The snapshot is written only after everything it needs is stored.
-pub fn backup_git(store: &Store, name: &str, path: &Path, limiter: Option<&RateLimiter>) -> Result<BackupReport> {
+pub fn backup_git(
+    store: &Store,
+    name: &str,
+    path: &Path,
+    limiter: Option<&RateLimiter>,
+    chaining: Chaining,
+) -> Result<BackupReport> {
     crate::name::validate(name)?;
-    let base = incremental_base(store, name)?;
+    let source_path = canonical_source_path(path);
+    let base = incremental_base(store, name)?.filter(|chain| may_chain(name, chain, &source_path, chaining));
     let parent = base.as_ref().and_then(|chain| chain.last());
     let previous = parent.map(|p| previous_of(&p.snapshot)).transpose()?;
-    let source_path = canonical_source_path(path);
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -126,6 +147,26 @@ fn incremental_base(store: &Store, name: &str) -> Result<Option<Vec<StoredSnapsh
             Ok(None)
         }
     }
+}
+
+/// Whether a snapshot of `name` from `here` (canonical) may be chained to `chain`, whose
+/// last link was recorded for some source path. A recorded path that cannot be resolved any
+/// more cannot be shown to be this repository: the snapshot is full (safe, only larger).
+fn may_chain(name: &str, chain: &[StoredSnapshot], here: &str, chaining: Chaining) -> bool {
+    let Some(latest) = chain.last() else { return true };
+    let recorded = &latest.snapshot.source_path;
+    if chaining == Chaining::AllowMoved || same_source(recorded, here) {
+        return true;
+    }
+    tracing::warn!(
+        repo = name,
+        snapshot = latest.id,
+        "latest snapshot {} of {name} was taken from {recorded}, not {here}: another repository (or one that \
+         moved); this backup is a full snapshot, not chained to it (use `repovault backup --name {name} PATH` \
+         once if the repository really moved)",
+        Snapshot::short_id(&latest.id),
+    );
+    false
 }
 
 fn latest_is_damaged(store: &Store, name: &str, damaged: &DamagedSnapshot) -> anyhow::Error {

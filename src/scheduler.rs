@@ -11,7 +11,7 @@ use anyhow::Result;
 use chrono::{DateTime, Utc};
 
 use crate::{
-    backup::{BackupReport, backup_git},
+    backup::{BackupReport, Chaining, backup_git},
     snapshot::Vcs,
     source::Candidate,
     store::{Store, StoredSnapshot, repo_key},
@@ -219,7 +219,7 @@ fn back_up_with_retries(store: &Store, candidate: &Candidate, options: &ExecOpti
     let mut attempts = 0;
     let outcome = loop {
         attempts += 1;
-        let result = backup_git(store, &candidate.name, &candidate.path, options.limiter);
+        let result = backup_git(store, &candidate.name, &candidate.path, options.limiter, Chaining::SameSourceOnly);
         match result {
             Ok(report) => break Outcome::BackedUp(report),
             Err(e) if attempts <= options.retry_delays.len() && is_transient(&e) => {

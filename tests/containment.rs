@@ -294,3 +294,67 @@ fn snapshots_table_shows_created_times_as_rfc3339_utc_seconds() {
     assert_eq!(b.len(), 20, "{shown}");
     assert!(b[10] == b'T' && b[13] == b':' && b[16] == b':' && b[19] == b'Z', "{shown}");
 }
+
+/// Whether object `id` exists in `repo`.
+fn has_object(repo: &Path, id: &str) -> bool {
+    std::process::Command::new("git").args(["cat-file", "-e", id]).current_dir(repo).status().unwrap().success()
+}
+
+#[test]
+fn run_does_not_chain_a_repository_onto_another_repository_of_the_same_name() {
+    let env = Env::new();
+    env.init_store();
+    let ours = new_repo(&env.path("ca/s1"));
+    let our_commit = commit_file(&ours, "f", "customer a's data", "customer a");
+    env.rv_ok(&["backup", "ca/s1"]);
+    let theirs = new_repo(&env.path("cb/s1"));
+    commit_file(&theirs, "g", "customer b's data", "customer b");
+
+    let night = env.rv(&["run", "--scan", "cb"]);
+    assert_eq!(code(&night), 0, "{}", stderr(&night));
+    assert!(stderr(&night).contains("full snapshot"), "the operator is told: {}", stderr(&night));
+    let list = listed(&env, "s1");
+    assert_eq!(list.len(), 2, "{list:?}");
+    assert_eq!(list[1]["parent"], Value::Null, "not chained to the other repository: {list:?}");
+
+    let out = env.path("out");
+    env.restore_matches("s1", &out, &theirs);
+    assert!(!has_object(&out, &our_commit), "the restore holds no object of the other repository");
+}
+
+#[test]
+fn backup_with_a_name_given_on_purpose_still_chains_a_moved_repository() {
+    let env = Env::new();
+    env.init_store();
+    let old_place = new_repo(&env.path("forge/s1"));
+    commit_file(&old_place, "f", "x", "first");
+    let first = env.rv_ok(&["backup", "forge/s1"]).trim().to_owned();
+    let new_place = env.path("moved/s1");
+    std::fs::create_dir_all(new_place.parent().unwrap()).unwrap();
+    std::fs::rename(&old_place, &new_place).unwrap();
+    commit_file(&new_place, "f", "y", "after the move");
+
+    let report = backup_json(&env, "s1", &new_place);
+    assert_eq!(report["parent"], first.as_str(), "{report}");
+    env.restore_matches("s1", &env.path("out"), &new_place);
+}
+
+#[test]
+fn snapshots_of_a_name_not_in_the_store_is_a_usage_error_naming_it() {
+    let env = Env::new();
+    env.init_store();
+    let out = env.rv(&["snapshots", "--json"]);
+    assert_eq!(code(&out), 0, "an empty store lists nothing: {}", stderr(&out));
+    let out = env.rv(&["snapshots"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+
+    let repo = new_repo(&env.path("r"));
+    commit_file(&repo, "f", "x", "c");
+    env.backup("r", &repo);
+    for args in [&["snapshots", "nosuch.git"][..], &["snapshots", "--json", "nosuch.git"]] {
+        let out = env.rv(args);
+        assert_eq!(code(&out), 2, "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("nosuch.git") && stderr(&out).contains("not in store"), "{}", stderr(&out));
+        assert!(out.stdout.is_empty(), "no empty table that passes for a clean listing");
+    }
+}

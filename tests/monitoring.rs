@@ -528,3 +528,126 @@ fn max_lag_and_prometheus_come_from_the_config_when_no_flag_is_given() {
     let flag = env.rv(&["--config", config, "lag", "--scan", root.to_str().unwrap(), "--max-lag", "4d"]);
     assert_eq!(code(&flag), 0, "the flag wins: {}", stderr(&flag));
 }
+
+// Review of issue 7: what the first fixes missed.
+
+#[test]
+fn a_mass_deletion_declared_once_is_not_refused_again_the_next_night() {
+    let (env, root) = forge(&["a", "b", "c", "d", "e", "f"]);
+    assert_eq!(code(&run(&env, &root, &[])), 0);
+    for name in ["a", "b", "c", "d"] {
+        std::fs::remove_dir_all(root.join(name)).unwrap();
+    }
+    assert_eq!(code(&run(&env, &root, &[])), 2, "the sudden loss is refused once");
+    let declared = run(&env, &root, &["--allow-gone", "--json"]);
+    assert_eq!(code(&declared), 0, "{}", stderr(&declared));
+    assert_eq!(json(&declared)["gone"], 4);
+
+    let next = run(&env, &root, &["--json"]);
+    assert_eq!(code(&next), 0, "the declared deletions do not count again: {}", stderr(&next));
+    assert_eq!(json(&next)["gone"], 4, "still reported as gone");
+    let prom = env.path("repovault.prom");
+    let out = lag(&env, &root, &["--prometheus", prom.to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = std::fs::read_to_string(&prom).unwrap();
+    assert!(text.contains("repovault_scan_root_problem 0"), "{text}");
+    assert!(text.contains("repovault_gone_repositories 4"), "{text}");
+}
+
+#[test]
+fn an_unmounted_scan_root_spelled_differently_is_refused_too() {
+    let env = Env::new();
+    env.init_store();
+    let template = new_repo(&env.path("template"));
+    commit_file(&template, "f", "x\n", "c");
+    let root = env.path("forge");
+    std::fs::create_dir(&root).unwrap();
+    let link = env.path("forge-link");
+    std::os::unix::fs::symlink(&root, &link).unwrap();
+    let log = env.path("log");
+    let script = r#"
+        set -u
+        mount -t tmpfs tmpfs "$ROOT" || { echo "mount=failed"; exit 0; }
+        echo "mount=0"
+        cp -a "$TEMPLATE" "$ROOT/app"
+        "$RV" run --scan "$ROOT" >"$LOG.mounted" 2>&1; echo "mounted=$?"
+        umount "$ROOT"; echo "umount=$?"
+        cp -a "$TEMPLATE" "$ROOT/app"
+        "$RV" run --scan "$ROOT/" >"$LOG.slash" 2>&1; echo "slash=$?"
+        "$RV" run --scan "$LINK" >"$LOG.link" 2>&1; echo "link=$?"
+        cd "$ROOT/.." && "$RV" run --scan ./forge >"$LOG.relative" 2>&1; echo "relative=$?"
+        "$RV" lag --scan "$LINK/" >"$LOG.lag" 2>&1; echo "lag=$?"
+    "#;
+    let vars = [("ROOT", root.as_path()), ("TEMPLATE", &template), ("LOG", &log), ("LINK", &link)];
+    let out = in_mount_namespace(&env, script, &vars);
+    let read_log = |suffix: &str| std::fs::read_to_string(format!("{}.{suffix}", log.display())).unwrap_or_default();
+    assert_eq!(script_step(&out, "mount"), "0", "{}", stderr(&out));
+    assert_eq!(script_step(&out, "mounted"), "0", "{}", read_log("mounted"));
+    assert_eq!(script_step(&out, "umount"), "0");
+    for step in ["slash", "link", "relative", "lag"] {
+        let text = read_log(step);
+        assert_eq!(script_step(&out, step), "2", "{step}: {text}");
+        assert!(text.contains("mount point"), "{step}: {text}");
+    }
+    assert_eq!(run_records(&env), 1, "no refused run was recorded");
+}
+
+#[test]
+fn run_json_prints_a_result_when_another_run_holds_the_lock() {
+    let (env, root) = forge(&["a"]);
+    std::fs::write(
+        env.path("store/locks/run"),
+        r#"{"host":"backup-02.example","pid":4242,"pid_start":1,"started_at":"2026-11-20T01:15:00Z"}"#,
+    )
+    .unwrap();
+    let held = run(&env, &root, &["--json"]);
+    assert_eq!(code(&held), 0, "{}", stderr(&held));
+    let result = json(&held);
+    assert_eq!(result["examined"], 0, "{result}");
+    assert_eq!(result["backed_up"], 0, "{result}");
+    let skipped = result["skipped"].as_str().unwrap_or_else(|| panic!("skipped says why: {result}"));
+    assert!(skipped.contains("pid 4242") && skipped.contains("backup-02.example"), "{skipped}");
+    assert_eq!(result["held_by"]["host"], "backup-02.example", "{result}");
+    assert_eq!(run_records(&env), 0, "nothing recorded");
+
+    let logged = env.rv(&["--log-format", "json", "run", "--scan", root.to_str().unwrap()]);
+    assert_eq!(code(&logged), 0);
+    let text = stdout(&logged);
+    assert_eq!(text.lines().count(), 1, "one JSON line: {text}");
+    let line: Value = serde_json::from_str(&text).unwrap();
+    assert!(line["skipped"].is_string(), "{line}");
+}
+
+#[test]
+fn prometheus_labels_hold_no_control_characters_and_name_paths_absolutely() {
+    let (env, root) = forge(&["app"]);
+    let hostile = new_repo(&root.join("esc\u{1b}[31mRED\u{7}.git"));
+    commit_file(&hostile, "f", "x\n", "c");
+    let prom = env.path("repovault.prom");
+    // The root as typed relative to the working directory (the env's directory).
+    let out = env.rv(&["lag", "--scan", "forge", "--prometheus", prom.to_str().unwrap()]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let bytes = std::fs::read(&prom).unwrap();
+    let raw: Vec<u8> = bytes.iter().copied().filter(|&b| b < 0x20 && b != b'\n').collect();
+    assert!(raw.is_empty(), "control bytes {raw:?} in\n{}", String::from_utf8_lossy(&bytes));
+    let text = String::from_utf8(bytes).unwrap();
+    let canonical_root = std::fs::canonicalize(&root).unwrap();
+    let label =
+        format!("repovault_not_backed_up{{repo=\"{}/esc\\\\x1b[31mRED\\\\x07.git\"}} 1", canonical_root.display());
+    assert!(text.contains(&label), "{label} in\n{text}");
+}
+
+#[test]
+fn config_values_are_not_blamed_on_flags() {
+    let (env, root) = forge(&["a"]);
+    let config = env.path("config.toml");
+    std::fs::write(&config, "jobs = 0\n").unwrap();
+    let out = env.rv(&["--config", config.to_str().unwrap(), "run", "--scan", root.to_str().unwrap()]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("config key jobs"), "{}", stderr(&out));
+
+    std::fs::write(&config, "max_lag = \"soon\"\n").unwrap();
+    let out = env.rv(&["--config", config.to_str().unwrap(), "lag", "--scan", root.to_str().unwrap()]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("config key max_lag"), "{}", stderr(&out));
+}

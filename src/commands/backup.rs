@@ -14,7 +14,12 @@ use clap::Args;
 use serde_json::json;
 
 use super::{Context, Outcome, StoreArg};
-use crate::{backup::BackupReport, error::usage, output, store::Store};
+use crate::{
+    backup::{BackupReport, Chaining},
+    error::usage,
+    output,
+    store::Store,
+};
 
 #[derive(Debug, Args)]
 pub struct BackupArgs {
@@ -46,7 +51,10 @@ pub fn run(ctx: &Context, args: &BackupArgs) -> Result<Outcome> {
         crate::backup::check_default_name(&store, &name, &args.path)?;
     }
     let start = Instant::now();
-    let report = with_progress(&store, &name, || crate::backup::backup_git(&store, &name, &args.path, None))
+    // A NAME given on purpose may continue another path's chain (the repository moved); a
+    // defaulted one was checked above to be this path's.
+    let chaining = if defaulted { Chaining::SameSourceOnly } else { Chaining::AllowMoved };
+    let report = with_progress(&store, &name, || crate::backup::backup_git(&store, &name, &args.path, None, chaining))
         .with_context(|| format!("repository {name} ({shown_path}): backup failed"))?;
     let seconds = start.elapsed().as_secs_f64();
     tracing::info!(

@@ -31,9 +31,12 @@ impl FeedArgs {
         let scan = self.scan_root(config);
         let database_url = self.database_url.as_ref().or(config.database_url.as_ref());
         match (scan, database_url) {
-            (Some(root), _) => crate::source::scan::scan(root).map_err(|e| usage(format!("{e:#}"))),
+            // Resolved, as the root guard records it: paths found under it (in reports
+            // and metric labels) are then absolute and the same however the root is spelled.
+            (Some(root), _) => crate::source::scan::scan(&crate::source::root_guard::resolve(root))
+                .map_err(|e| usage(format!("{e:#}"))),
             (None, Some(_)) => Err(usage(
-                "--database-url: the PostgreSQL change feed is not available in this build yet; use --scan ROOT",
+                "database URL (--database-url, DATABASE_URL or config key database_url): the PostgreSQL change feed is not available in this build yet; use --scan ROOT",
             )),
             (None, None) => Err(usage("say where repositories are: --scan ROOT or --database-url URL")),
         }

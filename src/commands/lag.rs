@@ -101,7 +101,8 @@ pub fn run(ctx: &Context, args: &LagArgs) -> Result<Outcome> {
     let guard = if args.feed.allow_gone {
         Ok(())
     } else {
-        let count = GoneCount { gone: report.gone as usize, stored: store.repo_keys()?.len() };
+        let gone_names: Vec<&str> = report.repos.iter().filter(|r| r.gone).map(|r| r.repo.as_str()).collect();
+        let count = GoneCount::since(last_run.as_ref(), &gone_names, store.repo_keys()?.len());
         root_guard::check(scan_root.as_ref(), last_run.as_ref(), count)
     };
     if let Err(e) = &guard {
@@ -134,7 +135,11 @@ pub fn run(ctx: &Context, args: &LagArgs) -> Result<Outcome> {
 /// `--max-lag` as seconds, else the config's `max_lag`.
 pub fn max_lag_seconds(flag: Option<&str>, config: &crate::config::Config) -> Result<Option<i64>> {
     flag.or(config.max_lag.as_deref())
-        .map(|d| parse_duration(d).map(|d| d.as_secs() as i64).map_err(|e| usage(format!("--max-lag: {e}"))))
+        .map(|d| {
+            parse_duration(d)
+                .map(|d| d.as_secs() as i64)
+                .map_err(|e| usage(format!("max lag (--max-lag or config key max_lag): {e}")))
+        })
         .transpose()
 }
 
@@ -329,8 +334,11 @@ fn human_seconds(s: i64) -> String {
     }
 }
 
+/// A label value as the text format wants it, holding printable characters only: control
+/// characters are first written out as `\x1b`, `\n` ... (a name must not drive the terminal
+/// of whoever reads the file), then backslashes and quotes are escaped for Prometheus.
 fn escape_label(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    output::escape(value).replace('\\', "\\\\").replace('"', "\\\"")
 }
 
 /// Writes the node_exporter textfile: to a temporary file in the same directory, then

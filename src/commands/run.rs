@@ -28,7 +28,11 @@ use crate::{
         root_guard::{self, GoneCount, ScanRoot},
         scan::ScanResult,
     },
-    store::{RunRecord, Store, lock::LockAttempt, runs::NotBackedUp},
+    store::{
+        RunRecord, Store,
+        lock::{LockAttempt, LockInfo},
+        runs::NotBackedUp,
+    },
     throttle::{RateLimiter, parse_rate},
 };
 
@@ -83,6 +87,37 @@ pub struct RunResult {
     pub failed_repos: Vec<RepoFailure>,
     pub gone_repos: Vec<String>,
     pub not_backed_up_repos: Vec<NotBackedUp>,
+    /// Set when this run did nothing because another run holds the store's lock (why).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
+    /// Who holds the lock, when `skipped`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held_by: Option<LockInfo>,
+}
+
+impl RunResult {
+    /// The result of a run that found the lock held: nothing examined, so that a script
+    /// reading stdout still gets an object, and says why.
+    fn skipped(holder: LockInfo, duration_seconds: f64) -> RunResult {
+        RunResult {
+            finished_at: Utc::now(),
+            examined: 0,
+            changed: 0,
+            backed_up: 0,
+            unchanged: 0,
+            failed: 0,
+            gone: 0,
+            not_backed_up: 0,
+            bytes_read: 0,
+            bytes_stored: 0,
+            duration_seconds,
+            failed_repos: Vec::new(),
+            gone_repos: Vec::new(),
+            not_backed_up_repos: Vec::new(),
+            skipped: Some(format!("another run holds the lock ({holder})")),
+            held_by: Some(holder),
+        }
+    }
 }
 
 /// Tonight's repositories, sorted into what is to be done with each.
@@ -134,13 +169,15 @@ pub fn run(ctx: &Context, args: &RunArgs) -> Result<Outcome> {
     let jobs =
         args.jobs.or(ctx.config.jobs).unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
     if jobs == 0 {
-        return Err(usage("--jobs must be at least 1"));
+        return Err(usage("jobs (--jobs or config key jobs) must be at least 1"));
     }
     let limiter = args
         .rate_limit
         .clone()
         .or_else(|| ctx.config.rate_limit.clone())
-        .map(|rate| parse_rate(&rate).map_err(|e| usage(format!("--rate-limit: {e}"))))
+        .map(|rate| {
+            parse_rate(&rate).map_err(|e| usage(format!("rate limit (--rate-limit or config key rate_limit): {e}")))
+        })
         .transpose()?
         .map(RateLimiter::new);
     let store = ctx.open_store(&args.store)?;
@@ -154,6 +191,9 @@ pub fn run(ctx: &Context, args: &RunArgs) -> Result<Outcome> {
             LockAttempt::Acquired(lock) => Some(lock),
             LockAttempt::HeldBy(holder) => {
                 output::notice(&format!("another run holds store {} ({holder}); nothing to do", store.location()));
+                if ctx.log_json || args.json {
+                    print_result(ctx, args, &RunResult::skipped(holder, started.elapsed().as_secs_f64()))?;
+                }
                 return Ok(Outcome::Done);
             }
         }
@@ -161,8 +201,10 @@ pub fn run(ctx: &Context, args: &RunArgs) -> Result<Outcome> {
 
     let gone = scheduler::gone(&store, &found.repositories)?;
     if !args.feed.allow_gone {
-        let count = GoneCount { gone: gone.len(), stored: store.repo_keys()?.len() };
-        root_guard::check(scan_root.as_ref(), previous_run(&store).as_ref(), count)?;
+        let previous = previous_run(&store);
+        let gone_names: Vec<&str> = gone.iter().map(|g| g.repo.as_str()).collect();
+        let count = GoneCount::since(previous.as_ref(), &gone_names, store.repo_keys()?.len());
+        root_guard::check(scan_root.as_ref(), previous.as_ref(), count)?;
     }
     let ScanResult { repositories, rejected } = found;
     let candidates = repositories.clone();
@@ -264,15 +306,21 @@ pub fn run(ctx: &Context, args: &RunArgs) -> Result<Outcome> {
         failed_repos: failures,
         gone_repos: record.gone_repos.clone(),
         not_backed_up_repos: not_backed_up,
+        skipped: None,
+        held_by: None,
     };
-    if ctx.log_json {
-        output::json_line(&result)?;
-    } else if args.json {
-        output::json(&result)?;
-    } else {
-        print_summary(&result)?;
-    }
+    print_result(ctx, args, &result)?;
     Ok(outcome)
+}
+
+fn print_result(ctx: &Context, args: &RunArgs, result: &RunResult) -> Result<()> {
+    if ctx.log_json {
+        output::json_line(result)
+    } else if args.json {
+        output::json(result)
+    } else {
+        print_summary(result)
+    }
 }
 
 /// The previous run's record, for the scan root check; an unreadable one is no evidence.

@@ -13,6 +13,7 @@ use serde_json::json;
 
 use super::{Context, Outcome, StoreArg};
 use crate::{
+    error::usage,
     output,
     snapshot::Snapshot,
     store::{ChainBreak, DamagedSnapshot, Store, StoredSnapshot, chain_breaks},
@@ -39,6 +40,12 @@ pub fn run(ctx: &Context, args: &SnapshotsArgs) -> Result<Outcome> {
         crate::name::validate(name)?;
     }
     let store = ctx.open_store(&args.store)?;
+    if let Some(name) = &args.name
+        && store.snapshot_entries(Some(name))?.is_empty()
+    {
+        // As verify, restore and forget say: an empty table would pass for "no damage".
+        return Err(usage(format!("repository {name}: not in store {}", store.location())));
+    }
     let (snapshots, damaged) = store.snapshots_and_damage(args.name.as_deref())?;
     let breaks = chain_breaks(&snapshots, &damaged);
     if args.json {

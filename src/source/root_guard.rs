@@ -8,10 +8,17 @@
 //! - was the scan root a mount point at the previous run (recorded in the run record) and is
 //!   it no longer one? Then its file system is not mounted.
 //! - does the scan lack more than half of the repositories the store holds (a store of at
-//!   least two)? Forges do not delete most of their repositories in one day.
+//!   least two)? Forges do not delete most of their repositories in one day. Repositories
+//!   the previous run already listed as gone (acknowledged with `--allow-gone`, or gone one
+//!   by one) are left out of both counts: only what vanished since counts, so the operator
+//!   says once that a mass deletion was real and the next nights run.
 //!
 //! Either is an environment error (exit 2) naming the root, unless the operator says the
 //! deletions are real (`--allow-gone`).
+//!
+//! The root is compared resolved (canonical: absolute, symlinks and `..` resolved, no
+//! trailing slash): `mnt`, `mnt/`, `./mnt` and a symlink to it are the same root, so spelling
+//! the path differently cannot bypass the mount point check.
 
 use std::{
     os::unix::fs::MetadataExt,
@@ -23,21 +30,32 @@ use crate::{error::usage, store::RunRecord};
 /// What the scan root looks like now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScanRoot {
-    /// Absolute (not canonical: the path the operator configured).
+    /// Canonical (absolute as given when it cannot be resolved, e.g. missing).
     pub path: PathBuf,
     pub mount_point: bool,
 }
 
 impl ScanRoot {
     pub fn observe(root: &Path) -> ScanRoot {
-        let path = std::path::absolute(root).unwrap_or_else(|_| root.to_owned());
+        let path = resolve(root);
         let mount_point = is_mount_point(&path);
         ScanRoot { path, mount_point }
+    }
+
+    /// Whether `recorded` (a run record's scan root) is this root. Records before roots were
+    /// recorded canonical hold the absolute path as typed: it is resolved now.
+    fn is(&self, recorded: &str) -> bool {
+        recorded == self.display() || resolve(Path::new(recorded)) == self.path
     }
 
     pub fn display(&self) -> String {
         crate::output::path(&self.path)
     }
+}
+
+/// A scan root resolved: canonical when it exists, else absolute as given.
+pub fn resolve(root: &Path) -> PathBuf {
+    std::fs::canonicalize(root).unwrap_or_else(|_| std::path::absolute(root).unwrap_or_else(|_| root.to_owned()))
 }
 
 /// How many of the store's repositories the feed no longer lists.
@@ -46,6 +64,16 @@ pub struct GoneCount {
     pub gone: usize,
     /// Repositories with snapshots in the store.
     pub stored: usize,
+}
+
+impl GoneCount {
+    /// Tonight's count, leaving out the repositories the previous run already listed as
+    /// gone: `gone` are tonight's gone names, `stored` the number of repositories the
+    /// store holds.
+    pub fn since(previous: Option<&RunRecord>, gone: &[&str], stored: usize) -> GoneCount {
+        let already = previous.map_or(0, |p| gone.iter().filter(|g| p.gone_repos.iter().any(|r| r == *g)).count());
+        GoneCount { gone: gone.len() - already, stored: stored.saturating_sub(already) }
+    }
 }
 
 /// True when more than half of the store's repositories (of at least two) vanished at once.
@@ -58,7 +86,7 @@ pub fn most_are_gone(count: GoneCount) -> bool {
 pub fn check(root: Option<&ScanRoot>, previous: Option<&RunRecord>, count: GoneCount) -> anyhow::Result<()> {
     let source = root.map_or_else(|| "the change feed".to_owned(), |r| format!("scan root {}", r.display()));
     if let (Some(root), Some(previous)) = (root, previous)
-        && previous.scan_root.as_deref() == Some(root.display().as_str())
+        && previous.scan_root.as_deref().is_some_and(|recorded| root.is(recorded))
         && previous.scan_root_was_mount_point == Some(true)
         && !root.mount_point
     {
@@ -72,8 +100,9 @@ pub fn check(root: Option<&ScanRoot>, previous: Option<&RunRecord>, count: GoneC
     }
     if most_are_gone(count) {
         return Err(usage(format!(
-            "{source} lacks {} of the {} repositories the store holds: is it empty or not mounted? Refusing to \
-             take them for deleted; pass --allow-gone if they really were",
+            "{source} lacks {} of the {} repositories the store holds (not counting those already gone at \
+             the previous run): is it empty or not mounted? Refusing to take them for deleted; pass \
+             --allow-gone if they really were",
             count.gone, count.stored
         )));
     }
@@ -132,6 +161,45 @@ mod tests {
         assert!(!most_are_gone(count(26, 52)));
         assert!(most_are_gone(count(27, 52)));
         assert!(!most_are_gone(count(0, 0)));
+    }
+
+    fn record_with_gone(gone: &[&str]) -> RunRecord {
+        let mut record: RunRecord = serde_json::from_value(serde_json::json!({
+            "host": "h", "started_at": "2026-11-30T01:00:00Z", "finished_at": "2026-11-30T01:05:00Z",
+            "examined": 0, "changed": 0, "backed_up": 0, "unchanged": 0, "failed": 0, "gone": 0,
+            "bytes_read": 0, "bytes_stored": 0, "failed_repos": []
+        }))
+        .unwrap();
+        record.gone_repos = gone.iter().map(|g| g.to_string()).collect();
+        record
+    }
+
+    #[test]
+    fn repositories_already_gone_at_the_previous_run_do_not_count_again() {
+        let previous = record_with_gone(&["a", "b", "c", "d"]);
+        let tonight = GoneCount::since(Some(&previous), &["a", "b", "c", "d"], 6);
+        assert_eq!((tonight.gone, tonight.stored), (0, 2));
+        assert!(!most_are_gone(tonight));
+        let one_more = GoneCount::since(Some(&previous), &["a", "b", "c", "d", "e"], 6);
+        assert_eq!((one_more.gone, one_more.stored), (1, 2));
+        let both = GoneCount::since(Some(&previous), &["a", "b", "c", "d", "e", "f"], 6);
+        assert!(most_are_gone(both), "the rest vanishing at once is still suspicious");
+        let first = GoneCount::since(None, &["a", "b", "c", "d"], 6);
+        assert!(most_are_gone(first));
+    }
+
+    #[test]
+    fn a_root_spelled_differently_is_the_same_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("mnt");
+        std::fs::create_dir(&root).unwrap();
+        std::os::unix::fs::symlink(&root, dir.path().join("link")).unwrap();
+        let canonical = ScanRoot::observe(&root);
+        for spelling in [dir.path().join("mnt/"), dir.path().join("link"), dir.path().join("mnt/../mnt")] {
+            let observed = ScanRoot::observe(&spelling);
+            assert_eq!(observed, canonical, "{spelling:?}");
+            assert!(observed.is(&root.to_string_lossy()));
+        }
     }
 
     #[test]
