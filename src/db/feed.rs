@@ -111,16 +111,16 @@ impl FeedSpec {
 
     /// Runs the query once with no rows wanted: learns whether it has a `storage` column and
     /// refuses (exit 2) one that lacks a required column or does not run, naming why.
-    pub async fn probe(&mut self, client: &Client) -> Result<()> {
+    pub async fn probe(&self, client: &Client) -> Result<bool> {
         for with_storage in [self.custom, false] {
-            self.has_storage = with_storage;
-            let sql = format!("{} LIMIT 0", self.wrapped());
+            let spec = FeedSpec { has_storage: with_storage, ..self.clone() };
+            let sql = format!("{} LIMIT 0", spec.wrapped());
             let result = if self.takes_since() {
                 client.query_typed(&sql, &[(&beginning(), Type::TIMESTAMPTZ)]).await
             } else {
                 client.query_typed(&sql, &[]).await
             };
-            let Err(e) = result else { return Ok(()) };
+            let Err(e) = result else { return Ok(with_storage || !self.custom) };
             let Some(db) = e.as_db_error() else { return Err(e.into()) };
             let undefined_column = db.code().code() == "42703";
             if undefined_column && with_storage && db.message().contains("storage") {
@@ -137,7 +137,7 @@ impl FeedSpec {
             }
             return Err(usage(format!("{}: {} ({})", self.describe(), db.message(), db.code().code())));
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Every row changed since `since`, validated.

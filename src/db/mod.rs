@@ -180,6 +180,8 @@ impl Db {
                 Err(e) if is_connection_loss(&e) => {
                     return Err(DatabaseDown(self.shared.message(what, &e)).into());
                 }
+                // Already one clear line for the operator (a bad feed_query): kept as it is.
+                Err(e) if crate::error::is_usage(&e) => return Err(e),
                 Err(e) => return Err(anyhow!(self.shared.message(what, &e))),
             }
         }
