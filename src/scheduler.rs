@@ -255,13 +255,9 @@ fn run_job(store: &Store, candidate: &Candidate, options: &ExecOptions<'_>, unpl
     let start = Instant::now();
     let quick = if unplanned { quick_check(store, candidate) } else { None };
     match quick {
-        Some(outcome) => JobResult {
-            name: candidate.name.clone(),
-            outcome,
-            attempts: 0,
-            started_at,
-            duration: start.elapsed(),
-        },
+        Some(outcome) => {
+            JobResult { name: candidate.name.clone(), outcome, attempts: 0, started_at, duration: start.elapsed() }
+        }
         None => back_up_with_retries(store, candidate, options, started_at),
     }
 }
