@@ -274,7 +274,7 @@ fn quick_check(store: &Store, candidate: &Candidate) -> Option<Outcome> {
         Ok(Some(latest)) => {
             let now = git::source::refs_stat(&git::source::git_dir_of(&candidate.path));
             (latest.snapshot.source_fingerprint.as_deref() == Some(now.fingerprint.as_str()))
-                .then(|| Outcome::Unchanged(Some((latest.id, latest.snapshot.created_at))))
+                .then_some(Outcome::Unchanged(Some((latest.id, latest.snapshot.created_at))))
         }
     }
 }

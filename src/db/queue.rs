@@ -319,12 +319,12 @@ async fn release(
         _ if changed_now > claim.changed_at => {
             c.query_typed(
                 "UPDATE repovault.queue SET claimed_by = NULL, lease_until = NULL WHERE name = $1",
-                &[name.clone()],
+                std::slice::from_ref(&name),
             )
             .await?;
         }
         _ => {
-            c.query_typed("DELETE FROM repovault.queue WHERE name = $1", &[name.clone()]).await?;
+            c.query_typed("DELETE FROM repovault.queue WHERE name = $1", std::slice::from_ref(&name)).await?;
         }
     }
     Ok(())
@@ -484,7 +484,7 @@ pub fn summary(db: &Db, night_id: i64) -> Result<NightSummary> {
             .query_typed(
                 "SELECT outcome, count(*), coalesce(sum(bytes_read), 0)::int8, coalesce(sum(bytes_stored), 0)::int8
                  FROM repovault.results WHERE night_id = $1 GROUP BY outcome",
-                &[night.clone()],
+                std::slice::from_ref(&night),
             )
             .await?
         {
