@@ -137,7 +137,7 @@ pub fn refresh(db: &Db, feed_db: Option<&Db>, spec: &FeedSpec, worker: Worker, m
             Some(standby) => standby.call_async("reading the feed", async |s| read_on_standby(s, spec, since).await).await?,
             None => read_on_primary(c, spec, since).await?,
         };
-        queue_rows(c, &read).await.context("queueing the feed's rows")?;
+        queue_rows(c, &read, margin).await.context("queueing the feed's rows")?;
         record_refused(c, worker, &read.refused).await?;
         if let Some(watermark) = watermark {
             c.query_typed(
@@ -178,7 +178,12 @@ async fn read_on_standby(
     Ok((spec.read(s, since).await?, replayed))
 }
 
-async fn queue_rows(c: &Client, read: &FeedRead) -> Result<()> {
+/// Queues the rows whose change the state does not hold yet. A snapshot taken less than
+/// `margin` after the row's `changed_at` does not prove it holds the change either: a forge
+/// that stamps late or coarsely (GitLab: at most every 5 minutes) leaves a push soon after
+/// the stamp unstamped, so such a row is queued once more (the backup then finds the refs
+/// unchanged in a few `stat` calls, or takes what the stamp did not show).
+async fn queue_rows(c: &Client, read: &FeedRead, margin: Duration) -> Result<()> {
     if read.rows.is_empty() {
         return Ok(());
     }
@@ -194,6 +199,7 @@ async fn queue_rows(c: &Client, read: &FeedRead) -> Result<()> {
              AS f(name, path, vcs, storage, changed_at)
          LEFT JOIN repovault.state s ON s.name = f.name
          WHERE s.feed_changed_at IS NULL OR s.feed_changed_at < f.changed_at
+             OR s.snapshot_created_at < f.changed_at + make_interval(secs => $6)
          ON CONFLICT (name) DO UPDATE SET path = EXCLUDED.path, vcs = EXCLUDED.vcs, storage = EXCLUDED.storage,
              changed_at = greatest(q.changed_at, EXCLUDED.changed_at),
              failed_night = CASE WHEN EXCLUDED.changed_at > q.changed_at THEN NULL ELSE q.failed_night END",
@@ -203,6 +209,7 @@ async fn queue_rows(c: &Client, read: &FeedRead) -> Result<()> {
             (&vcs, Type::TEXT_ARRAY),
             (&storage, Type::TEXT_ARRAY),
             (&changed, Type::TIMESTAMPTZ_ARRAY),
+            (&secs(margin), Type::FLOAT8),
         ],
     )
     .await?;
