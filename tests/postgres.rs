@@ -693,6 +693,7 @@ fn per_storage_caps_are_never_exceeded() {
                     let entry = peak.entry(storage.to_owned()).or_insert(0);
                     *entry = (*entry).max(live);
                 }
+                std::thread::sleep(Duration::from_millis(10));
             }
             peak
         })

@@ -185,9 +185,11 @@ impl PgCluster {
     }
 
     fn pg_ctl_start(&self) -> Result<(), String> {
+        // fsync off: nothing here must survive the machine. synchronous_commit stays on so that
+        // a committed transaction survives `restart()` (an immediate stop), as on a real server.
         let options = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c synchronous_commit=off \
-             -c full_page_writes=off -c shared_buffers=16MB -c max_connections=200",
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c full_page_writes=off \
+             -c shared_buffers=16MB -c max_connections=200",
             self.port,
             self.dir.path().display()
         );
