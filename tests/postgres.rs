@@ -39,8 +39,8 @@ struct Forge {
     url: String,
     /// A direct URL to the same database, for the test's own SQL.
     admin: String,
-    /// Kept for the forge's lifetime (dropped before the cluster).
-    _bouncer: Option<Pgbouncer>,
+    /// In front of the cluster when the forge is reached through pgbouncer (dropped first).
+    bouncer: Option<Pgbouncer>,
     cluster: PgCluster,
 }
 
@@ -69,7 +69,7 @@ impl Forge {
         std::fs::create_dir_all(&root).unwrap();
         let toml = format!("repos_root = {}\n{config}\n", toml_string(&root.to_string_lossy()));
         std::fs::write(env.path("repovault.toml"), toml).unwrap();
-        let forge = Forge { env, root, url, admin, _bouncer: bouncer, cluster };
+        let forge = Forge { env, root, url, admin, bouncer, cluster };
         forge.migrate_ok();
         forge
     }
@@ -540,6 +540,9 @@ fn three_workers_back_up_each_changed_repository_exactly_once(via: Via) {
     };
 
     let night1 = nights(&forge);
+    if let Some(bouncer) = &forge.bouncer {
+        assert!(bouncer.log().contains("login attempt: db=forge"), "the workers went through pgbouncer");
+    }
     let counts = forge.snapshots();
     for name in &names {
         assert_eq!(counts.get(name), Some(&1), "{name} backed up exactly once: {counts:?}");
@@ -727,8 +730,9 @@ fn server_restarted_mid_run_then_the_next_run_completes_the_work() {
     let url = cluster.create_db_with_password("forge", PASSWORD);
     let admin = cluster.url("forge");
     let mut forge = Forge::build(cluster, None, admin, url, "claim_lease = '5s'\ndatabase_retry = '60s'");
-    let slow = big_repo(&forge.root.join("slow"), 6, 1 << 20);
-    forge.feed_row("slow", "slow", None, "now() - interval '1 hour'");
+    // The slow one sorts first, so that the quick ones are claimed after the restart.
+    let slow = big_repo(&forge.root.join("0-slow"), 6, 1 << 20);
+    forge.feed_row("0-slow", "0-slow", None, "now() - interval '1 hour'");
     let quick: Vec<String> = (0..5).map(|i| format!("quick{i}")).collect();
     for name in &quick {
         forge.add_repo(name);
@@ -755,9 +759,45 @@ fn server_restarted_mid_run_then_the_next_run_completes_the_work() {
     let next = forge.run(&[]);
     assert_eq!(code(&next), 0, "{}{}", stdout(&next), stderr(&next));
     let mut expected: Vec<(&str, usize)> = quick.iter().map(|n| (n.as_str(), 1)).collect();
-    expected.push(("slow", 1));
+    expected.push(("0-slow", 1));
     forge.assert_snapshots(&expected);
-    assert_restores(&forge, "slow", &slow);
+    assert_restores(&forge, "0-slow", &slow);
+}
+
+#[test]
+fn database_down_past_database_retry_finishes_in_flight_backups_and_exits_1_naming_it() {
+    const PASSWORD: &str = "Gone-Pw-31337";
+    let cluster = PgCluster::start();
+    let url = cluster.create_db_with_password("forge", PASSWORD);
+    let admin = cluster.url("forge");
+    let mut forge = Forge::build(cluster, None, admin, url, "claim_lease = '5s'\ndatabase_retry = '3s'");
+    let slow = big_repo(&forge.root.join("0-slow"), 4, 1 << 20);
+    forge.feed_row("0-slow", "0-slow", None, "now() - interval '1 hour'");
+    let quick: Vec<String> = (0..3).map(|i| format!("quick{i}")).collect();
+    for name in &quick {
+        forge.add_repo(name);
+    }
+
+    let worker = forge.spawn_run(&["--jobs", "1", "--rate-limit", "1MiB"]);
+    assert!(wait_for_stored_bytes(&forge.env.path("store"), 1 << 20), "the slow backup did not get going");
+    forge.cluster.stop();
+    let out = finish(worker);
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert_eq!(code(&out), 1, "{all}");
+    assert!(stderr(&out).contains("127.0.0.1"), "the run names the database it lost: {all}");
+    assert!(!all.contains(PASSWORD), "the password leaked: {all}");
+    // The backup in flight finished; nothing new was claimed.
+    let mut expected: Vec<(&str, usize)> = quick.iter().map(|n| (n.as_str(), 0)).collect();
+    expected.push(("0-slow", 1));
+    forge.assert_snapshots(&expected);
+
+    // Back up: the next night does the rest, and the slow one is not stored twice.
+    forge.cluster.start_again();
+    let next = forge.run(&[]);
+    assert_eq!(code(&next), 0, "{}{}", stdout(&next), stderr(&next));
+    let expected: Vec<(&str, usize)> = quick.iter().map(|n| (n.as_str(), 1)).chain([("0-slow", 1)]).collect();
+    forge.assert_snapshots(&expected);
+    assert_restores(&forge, "0-slow", &slow);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -808,6 +848,7 @@ fn assert_one_line_exit_2_without(out: &Output, secret: &str, what: &str) {
     assert!(!all.contains(secret), "{what}: the password leaked: {all}");
     assert_eq!(stderr(out).trim().lines().count(), 1, "{what}: one line: {}", stderr(out));
     assert!(!stderr(out).contains("panicked"), "{what}: {all}");
+    assert!(stderr(out).contains("127.0.0.1"), "{what}: the line names the database: {all}");
 }
 
 #[test]
