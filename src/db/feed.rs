@@ -126,7 +126,8 @@ impl FeedSpec {
             if undefined_column && with_storage && db.message().contains("storage") {
                 continue;
             }
-            if undefined_column && let Some(column) = REQUIRED.iter().find(|c| db.message().contains(&format!(".{c}"))) {
+            if undefined_column && let Some(column) = REQUIRED.iter().find(|c| db.message().contains(&format!(".{c}")))
+            {
                 return Err(usage(format!(
                     "{}: it returns no column `{column}` (a feed returns name, path, vcs, changed_at and optionally storage)",
                     self.describe()
