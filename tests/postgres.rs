@@ -361,6 +361,28 @@ fn repository_changed_on_disk_but_not_in_the_feed_is_untouched() {
     assert_restores(&forge, "quiet", &quiet);
 }
 
+#[test]
+fn change_reported_during_a_run_is_caught_by_the_next_even_with_a_small_margin() {
+    // A one-second margin: only the cursor (the feed read's own snapshot time) keeps the change.
+    let forge = Forge::with_config(Via::Direct, "feed_margin = '1s'");
+    let early = forge.add_repo("early");
+    big_repo(&forge.root.join("slow"), 4, 1 << 20);
+    forge.feed_row("slow", "slow", None, "now() - interval '1 hour'");
+
+    let worker = forge.spawn_run(&["--jobs", "1", "--rate-limit", "1MiB"]);
+    assert!(wait_for_stored_bytes(&forge.env.path("store"), 2 << 20), "the slow backup did not get going");
+    // Pushed while the night runs, more than the margin after the night read the feed.
+    forge.push("early");
+    let out = finish(worker);
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+
+    let next = forge.run_ok(&[]);
+    assert!(count(&next, "examined") >= 1, "{next}");
+    let counts = forge.snapshots();
+    assert_eq!(counts.get("early"), Some(&2), "the push during the first run is backed up by the next: {counts:?}");
+    assert_restores(&forge, "early", &early);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Forge schemas through feed_query
 
@@ -886,6 +908,8 @@ fn wrong_credentials_at_start_are_exit_2_in_one_line_without_the_password() {
     for command in ["run", "lag", "migrate"] {
         let out = env.rv(&[command, "--database-url", &wrong]);
         assert_one_line_exit_2_without(&out, WRONG, &format!("{command} with a wrong password"));
+        let out = env.rv(&["--log-format", "json", command, "--database-url", &wrong]);
+        assert_one_line_exit_2_without(&out, WRONG, &format!("{command} --log-format json with a wrong password"));
     }
 }
 
