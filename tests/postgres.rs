@@ -175,6 +175,27 @@ impl Forge {
     }
 }
 
+impl Forge {
+    /// `lag --database-url --json` that must exit 0: the report.
+    fn lag_ok(&self) -> Value {
+        let out = self.rv(&["lag", "--database-url", &self.url, "--json"]);
+        assert_eq!(code(&out), 0, "lag: {}{}", stdout(&out), stderr(&out));
+        summary(&out)
+    }
+
+    /// Asserts the lag report lists exactly `names`, each with lag 0.
+    fn assert_all_fresh(&self, names: &[&str]) {
+        let report = self.lag_ok();
+        let mut listed: Vec<&str> =
+            report["repos"].as_array().unwrap().iter().map(|r| r["repo"].as_str().unwrap()).collect();
+        listed.sort();
+        let mut want = names.to_vec();
+        want.sort();
+        assert_eq!(listed, want, "lag lists every repository the feed knows: {report}");
+        assert_eq!(count(&report, "max_lag_seconds"), 0, "{report}");
+    }
+}
+
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -327,6 +348,7 @@ fn feed_drives_exactly_the_changed_repositories(via: Via) {
     let night4 = forge.run_ok(&[]);
     assert_eq!(count(&night4, "backed_up"), 0, "{night4}");
     assert_eq!(forge.snapshots().values().sum::<usize>(), 9);
+    forge.assert_all_fresh(&names);
 }
 
 #[test]
@@ -470,6 +492,7 @@ fn gitlab_shaped_schema_through_feed_query() {
     assert_eq!(count(&night2, "backed_up"), 1, "{night2}");
     forge.assert_snapshots(&[("gitlab-org/gitlab", 1), ("gitlab-org/sub/runner", 2), ("alice/dotfiles", 1)]);
     assert_restores(&forge, "gitlab-org/sub/runner", bare);
+    forge.assert_all_fresh(&["gitlab-org/gitlab", "gitlab-org/sub/runner", "alice/dotfiles"]);
 }
 
 /// Gitea's (and Forgejo's) tables: `updated_unix` seconds, pull mirrors' sync time in `mirror`.
@@ -537,6 +560,7 @@ fn gitea_shaped_schema_through_feed_query() {
     assert_eq!(count(&night2, "backed_up"), 1, "{night2}");
     forge.assert_snapshots(&[("Alice/Website", 1), ("bob/tools", 1), ("Mirrors/Upstream", 2)]);
     assert_restores(&forge, "Mirrors/Upstream", bare);
+    forge.assert_all_fresh(&["Alice/Website", "bob/tools", "Mirrors/Upstream"]);
 }
 
 // ---------------------------------------------------------------------------------------------
