@@ -769,15 +769,22 @@ fn per_storage_caps_are_never_exceeded() {
 // ---------------------------------------------------------------------------------------------
 // Connections fail
 
-#[test]
-fn server_restarted_mid_run_then_the_next_run_completes_the_work() {
+fn server_restarted_mid_run_then_the_next_run_completes_the_work(via: Via) {
     const PASSWORD: &str = "Restart-Pw-4711";
-    let cluster = PgCluster::start();
-    let url = cluster.create_db_with_password("forge", PASSWORD);
-    let admin = cluster.url("forge");
-    let mut forge = Forge::build(cluster, None, admin, url, "claim_lease = '5s'\ndatabase_retry = '60s'");
+    const CONFIG: &str = "claim_lease = '5s'\ndatabase_retry = '60s'";
+    let mut forge = match via {
+        // With a password in the URL, to see that no message shows it.
+        Via::Direct => {
+            let cluster = PgCluster::start();
+            let url = cluster.create_db_with_password("forge", PASSWORD);
+            let admin = cluster.url("forge");
+            Forge::build(cluster, None, admin, url, CONFIG)
+        }
+        // The server restarts behind the pooler, which stays up.
+        Via::Pgbouncer => Forge::with_config(Via::Pgbouncer, CONFIG),
+    };
     // The slow one sorts first, so that the quick ones are claimed after the restart.
-    let slow = big_repo(&forge.root.join("0-slow"), 6, 1 << 20);
+    let slow = big_repo(&forge.root.join("0-slow"), 4, 1 << 20);
     forge.feed_row("0-slow", "0-slow", None, "now() - interval '1 hour'");
     let quick: Vec<String> = (0..5).map(|i| format!("quick{i}")).collect();
     for name in &quick {
@@ -808,6 +815,16 @@ fn server_restarted_mid_run_then_the_next_run_completes_the_work() {
     expected.push(("0-slow", 1));
     forge.assert_snapshots(&expected);
     assert_restores(&forge, "0-slow", &slow);
+}
+
+#[test]
+fn server_restarted_mid_run_then_the_next_run_completes_the_work_direct() {
+    server_restarted_mid_run_then_the_next_run_completes_the_work(Via::Direct);
+}
+
+#[test]
+fn server_restarted_behind_pgbouncer_mid_run_then_the_next_run_completes_the_work() {
+    server_restarted_mid_run_then_the_next_run_completes_the_work(Via::Pgbouncer);
 }
 
 #[test]
