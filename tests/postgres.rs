@@ -405,6 +405,42 @@ fn change_reported_during_a_run_is_caught_by_the_next_even_with_a_small_margin()
     assert_restores(&forge, "early", &early);
 }
 
+#[test]
+fn feed_read_from_a_lagging_standby_never_hides_a_change() {
+    let forge = Forge::new(Via::Direct);
+    let standby = PgCluster::standby_of(&forge.cluster);
+    let config = forge.env.path("repovault.toml");
+    let mut toml = std::fs::read_to_string(&config).unwrap();
+    toml.push_str(&format!("feed_database_url = '{}'\nfeed_margin = '1s'\n", standby.url("forge")));
+    std::fs::write(&config, toml).unwrap();
+    let a = forge.add_repo("a");
+    forge.add_repo("b");
+    let replica = standby.url("forge");
+    let replicated = |sql: &str| wait_until(Duration::from_secs(30), || try_psql(&replica, sql).as_deref() == Ok("t"));
+    assert!(replicated("SELECT count(*) = 2 FROM repovault.repositories"), "the standby did not catch up");
+    let night1 = forge.run_ok(&[]);
+    assert_eq!(count(&night1, "backed_up"), 2, "{night1}");
+
+    // The replica stops replaying; a push lands on the primary, well over the margin before
+    // the next night.
+    psql(&replica, "SELECT pg_wal_replay_pause()");
+    forge.push("a");
+    std::thread::sleep(Duration::from_secs(2));
+    let night2 = forge.run_ok(&[]);
+    assert_eq!(count(&night2, "backed_up"), 0, "the replica does not show the push yet: {night2}");
+
+    // Once the replica has it, the next night backs it up: the cursor was held back.
+    psql(&replica, "SELECT pg_wal_replay_resume()");
+    assert!(
+        replicated("SELECT changed_at > now() - interval '10 minutes' FROM repovault.repositories WHERE name = 'a'"),
+        "the standby did not replay the push"
+    );
+    let night3 = forge.run_ok(&[]);
+    assert_eq!(count(&night3, "backed_up"), 1, "the push hidden by the lagging replica: {night3}");
+    forge.assert_snapshots(&[("a", 2), ("b", 1)]);
+    assert_restores(&forge, "a", &a);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Forge schemas through feed_query
 

@@ -13,6 +13,8 @@
 //!   it owns.
 //! - Authentication is `trust` for every role but `PASSWORD_ROLE`, which needs its password
 //!   (scram-sha-256): tests of credentials create it with `create_db_with_password`.
+//! - `PgCluster::standby_of` makes a streaming hot standby (pg_basebackup -R), for reading
+//!   the feed from a replica.
 //! - Everything is stopped on Drop (`pg_ctl stop -m immediate`; pgbouncer killed).
 //! - Anything that cannot start panics with the reason and the server's log: never a skip.
 #![allow(dead_code)]
@@ -39,6 +41,7 @@ pub const PASSWORD_ROLE: &str = "secretrole";
 /// Only `PASSWORD_ROLE` must give a password (the first matching line of pg_hba.conf wins).
 const PG_HBA: &str = "\
 local all all trust
+local replication all trust
 host all secretrole 127.0.0.1/32 scram-sha-256
 host all all 127.0.0.1/32 trust
 host all all ::1/128 trust
@@ -148,7 +151,29 @@ impl PgCluster {
         let mut copy = Command::new("cp");
         copy.arg("-a").arg(template).arg(dir.path().join("data"));
         run_checked(copy, "copying the PostgreSQL template");
+        // Written per cluster, so that a template kept from an older run has the current rules.
+        std::fs::write(dir.path().join("data/pg_hba.conf"), PG_HBA).unwrap();
         give_to_server_user(dir.path());
+        PgCluster::start_in(dir)
+    }
+
+    /// A hot standby of `primary` (`pg_basebackup -R`, streaming replication), read-only, on
+    /// its own port; stopped on Drop.
+    pub fn standby_of(primary: &PgCluster) -> PgCluster {
+        let dir = tempfile::Builder::new().prefix("pg").tempdir_in("/tmp").unwrap();
+        give_to_server_user(dir.path());
+        let mut basebackup = as_server_user(Path::new(PG_BIN).join("pg_basebackup"));
+        basebackup
+            .arg("-h")
+            .arg(primary.socket_dir())
+            .args(["-p", &primary.port().to_string(), "-U", SUPERUSER, "-R", "-c", "fast", "-X", "stream", "-D"])
+            .arg(dir.path().join("data"));
+        run_checked(basebackup, "pg_basebackup");
+        PgCluster::start_in(dir)
+    }
+
+    /// Starts the data directory in `dir` on a free port.
+    fn start_in(dir: tempfile::TempDir) -> PgCluster {
         // A port picked now may be taken by the time the server binds it: try a few.
         let mut cluster = PgCluster { dir, port: 0, running: false };
         let mut last_error = String::new();
