@@ -59,6 +59,17 @@ pub struct RefusedRow {
     pub reason: String,
 }
 
+impl RefusedRow {
+    /// Why, naming the path when the reason does not already.
+    pub fn why(&self) -> String {
+        if self.reason.contains(&self.path) {
+            self.reason.clone()
+        } else {
+            format!("{} (path {})", self.reason, self.path)
+        }
+    }
+}
+
 /// What one read of the feed returned.
 #[derive(Debug, Default)]
 pub struct FeedRead {

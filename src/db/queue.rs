@@ -211,7 +211,7 @@ async fn queue_rows(c: &Client, read: &FeedRead) -> Result<()> {
 
 async fn record_refused(c: &Client, worker: Worker, refused: &[RefusedRow]) -> Result<()> {
     for row in refused {
-        let why = format!("{} (path {})", row.reason, row.path);
+        let why = row.why();
         c.query_typed(
             "INSERT INTO repovault.results (night_id, worker_id, name, outcome, error) VALUES ($1, $2, $3, 'refused', $4)
              ON CONFLICT (night_id, name) WHERE outcome = 'refused' DO NOTHING",

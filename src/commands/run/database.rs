@@ -96,7 +96,7 @@ pub fn run(ctx: &Context, args: &RunArgs, url: &str) -> Result<Outcome> {
     let refreshed = queue::refresh(&db, feed_db.as_ref(), &spec, worker, settings.margin)?;
     tracing::info!(night = worker.night_id, worker = worker.worker_id, feed_rows = refreshed.rows, "queue refreshed");
     for refused in &refreshed.refused {
-        output::repo_error(&refused.name, &format!("feed row refused: {} (path {})", refused.reason, refused.path));
+        output::repo_error(&refused.name, &format!("feed row refused: {}", refused.why()));
     }
 
     let source = DbWork::new(&db, worker, settings.rules);
