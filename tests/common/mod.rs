@@ -2,6 +2,8 @@
 //! (the independent oracle), and the real `repovault` binary.
 #![allow(dead_code)]
 
+pub mod pg;
+
 use std::{
     path::{Path, PathBuf},
     process::{Command, Output},
