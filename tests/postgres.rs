@@ -405,6 +405,25 @@ fn change_reported_during_a_run_is_caught_by_the_next_even_with_a_small_margin()
     assert_restores(&forge, "early", &early);
 }
 
+/// GitLab stamps `last_repository_updated_at` at most every 5 minutes: a push soon after a
+/// stamped one leaves the row as it was. A snapshot taken within the margin of the stamp does
+/// not prove it holds everything, so the next night looks again and finds the unstamped push.
+#[test]
+fn a_push_the_forge_left_unstamped_soon_after_a_stamped_one_is_not_lost() {
+    let forge = Forge::new(Via::Direct);
+    let repo = forge.add_repo("coarse");
+    forge.push("coarse");
+    let night1 = forge.run_ok(&[]);
+    assert_eq!(count(&night1, "backed_up"), 1, "{night1}");
+
+    // Pushed again a moment later: the forge does not stamp it (throttled).
+    commit_file(&repo, "unstamped", "pushed within the forge's 5 minutes\n", "unstamped");
+    let night2 = forge.run_ok(&[]);
+    assert_eq!(count(&night2, "backed_up"), 1, "the unstamped push is backed up: {night2}");
+    forge.assert_snapshots(&[("coarse", 2)]);
+    assert_restores(&forge, "coarse", &repo);
+}
+
 #[test]
 fn feed_read_from_a_lagging_standby_never_hides_a_change() {
     let forge = Forge::new(Via::Direct);
