@@ -1141,3 +1141,29 @@ fn failed_repository_is_retried_next_night_even_if_the_feed_no_longer_lists_it()
     forge.assert_snapshots(&[("fine", 1), ("broken", 1)]);
     assert_restores(&forge, "broken", &broken);
 }
+
+#[test]
+fn dry_run_lists_the_night_and_changes_nothing_and_run_writes_the_prometheus_file() {
+    let forge = Forge::new(Via::Direct);
+    forge.add_repo("a");
+    forge.add_repo("b");
+    let out = forge.rv(&["run", "--database-url", &forge.url, "--dry-run"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let listed = stdout(&out);
+    assert!(listed.contains("would back up a\n") && listed.contains("would back up b\n"), "{listed}");
+    for table in ["nights", "workers", "feed_cursor", "queue", "results"] {
+        assert_eq!(forge.sql(&format!("SELECT count(*) FROM repovault.{table}")), "0", "{table} untouched");
+    }
+    assert_eq!(forge.snapshots().len(), 0, "nothing backed up");
+
+    let prom = forge.env.path("repovault.prom");
+    let night = forge.run_ok(&["--prometheus", &prom.to_string_lossy()]);
+    assert_eq!(count(&night, "backed_up"), 2, "{night}");
+    let text = std::fs::read_to_string(&prom).expect("run --database-url --prometheus writes the file");
+    assert!(text.contains("repovault_lag_seconds{repo=\"a\"} 0"), "{text}");
+    assert!(text.contains("repovault_max_lag_seconds 0"), "{text}");
+
+    let out = forge.rv(&["run", "--database-url", &forge.url, "--dry-run"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(!stdout(&out).contains("would back up"), "nothing left to do: {}", stdout(&out));
+}

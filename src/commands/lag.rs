@@ -236,6 +236,13 @@ fn last_run(store: &Store) -> Option<RunRecord> {
     })
 }
 
+/// `update_prometheus` for a night driven by the database.
+pub fn update_prometheus_database(ctx: &Context, url: &str, store: &Store, path: &std::path::Path) -> Result<()> {
+    let max_lag = max_lag_seconds(None, &ctx.config)?;
+    let report = measure_database(ctx, url, max_lag)?;
+    write_prometheus(path, &report, last_run(store).as_ref())
+}
+
 /// Measures and writes the Prometheus textfile (what `run --prometheus` does after a run).
 pub fn update_prometheus(
     store: &Store,

@@ -229,6 +229,45 @@ async fn record_refused(c: &Client, worker: Worker, refused: &[RefusedRow]) -> R
     Ok(())
 }
 
+/// What a night would do now (`run --dry-run`): the rows the feed would queue, the failed
+/// ones waiting for their retry, and the refused rows. Reads only; the cursor stays.
+#[derive(Debug, Default)]
+pub struct Preview {
+    pub would_back_up: Vec<String>,
+    pub refused: Vec<RefusedRow>,
+}
+
+pub fn preview(db: &Db, feed_db: Option<&Db>, spec: &FeedSpec, margin: Duration) -> Result<Preview> {
+    let key = feed::cursor_key(spec);
+    db.transaction("previewing the night", "READ ONLY", async |c| {
+        let cursor: Option<DateTime<Utc>> = c
+            .query_typed("SELECT watermark FROM repovault.feed_cursor WHERE feed = $1", &[(&key, Type::TEXT)])
+            .await?
+            .first()
+            .map(|r| r.get(0));
+        let since = cursor.map_or_else(feed::beginning, |t| t - chrono::Duration::from_std(margin).unwrap_or_default());
+        let read = match feed_db {
+            Some(standby) => standby.call_async("reading the feed", async |s| spec.read(s, since).await).await?,
+            None => spec.read(c, since).await?,
+        };
+        let names: Vec<&str> = read.rows.iter().map(|r| r.name.as_str()).collect();
+        let changed: Vec<DateTime<Utc>> = read.rows.iter().map(|r| r.changed_at).collect();
+        // The same test as `queue_rows`, and what the queue already holds.
+        let rows = c
+            .query_typed(
+                "SELECT f.name FROM unnest($1::text[], $2::timestamptz[]) AS f(name, changed_at)
+                 LEFT JOIN repovault.state s ON s.name = f.name
+                 WHERE s.feed_changed_at IS NULL OR s.feed_changed_at < f.changed_at
+                     OR s.snapshot_created_at < f.changed_at + make_interval(secs => $3)
+                 UNION SELECT name FROM repovault.queue
+                 ORDER BY 1",
+                &[(&names, Type::TEXT_ARRAY), (&changed, Type::TIMESTAMPTZ_ARRAY), (&secs(margin), Type::FLOAT8)],
+            )
+            .await?;
+        Ok(Preview { would_back_up: rows.iter().map(|r| r.get(0)).collect(), refused: read.refused })
+    })
+}
+
 /// Claims the next repository, or `None` when nothing is claimable now (all done, all held
 /// by live leases, failed tonight, or capped by `jobs_per_storage`).
 pub fn claim(db: &Db, worker: Worker, rules: ClaimRules) -> Result<Option<Claim>> {

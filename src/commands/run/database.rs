@@ -71,9 +71,6 @@ impl Settings {
 pub fn run(ctx: &Context, args: &RunArgs, url: &str) -> Result<Outcome> {
     let started = Instant::now();
     let started_at = Utc::now();
-    if args.dry_run {
-        return Err(usage("--dry-run is not available with --database-url: the feed is read by claiming"));
-    }
     let settings = Settings::new(&ctx.config, args)?;
     let jobs = super::jobs(ctx, args)?;
     let limiter = super::limiter(ctx, args)?;
@@ -91,6 +88,9 @@ pub fn run(ctx: &Context, args: &RunArgs, url: &str) -> Result<Outcome> {
     let feed_side = feed_db.as_ref().unwrap_or(&db);
     spec.has_storage = feed_side.call("checking the feed", async |c| spec.probe(c).await)?;
 
+    if args.dry_run {
+        return dry_run(&db, feed_db.as_ref(), &spec, settings.margin);
+    }
     let worker = queue::join_night(&db, settings.rules.lease)?;
     let heartbeat = Heartbeat::start(&db, worker, settings.rules.lease);
     let refreshed = queue::refresh(&db, feed_db.as_ref(), &spec, worker, settings.margin)?;
@@ -120,8 +120,32 @@ pub fn run(ctx: &Context, args: &RunArgs, url: &str) -> Result<Outcome> {
         output::error(&format!("store {}: cannot record this run: {e:#}", store.location()));
         outcome = Outcome::PartlyFailed;
     }
+    if let Some(path) = args.prometheus.as_ref().or(ctx.config.prometheus.as_ref())
+        && let Err(e) = super::super::lag::update_prometheus_database(ctx, url, &store, path)
+    {
+        output::error(&format!("{e:#}"));
+        outcome = Outcome::PartlyFailed;
+    }
     print_result(ctx, args, &result)?;
     Ok(outcome)
+}
+
+/// `run --dry-run --database-url`: what a night would back up now; changes nothing (no
+/// night, no claim, the cursor stays).
+fn dry_run(db: &Db, feed_db: Option<&Db>, spec: &FeedSpec, margin: Duration) -> Result<Outcome> {
+    let preview = queue::preview(db, feed_db, spec, margin)?;
+    for name in &preview.would_back_up {
+        output::line(&format!("would back up {name}"))?;
+    }
+    for refused in &preview.refused {
+        output::line(&format!("would refuse {}: {}", refused.name, refused.why()))?;
+    }
+    output::line(&format!(
+        "dry run: {} would be backed up (or found unchanged), {} feed rows refused",
+        preview.would_back_up.len(),
+        preview.refused.len()
+    ))?;
+    Ok(Outcome::Done)
 }
 
 /// What a job thread says about each repository as it ends.
