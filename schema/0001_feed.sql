@@ -1,3 +1,5 @@
+CREATE SCHEMA IF NOT EXISTS repovault;
+
 -- The change feed the contract names: one row per repository, `changed_at` bumped by the
 -- forge (or a trigger, or a cron job) whenever the repository changes. A deployment that
 -- reads its own tables through `feed_query` leaves this table empty.

@@ -26,8 +26,19 @@ pub struct Config {
     pub remote_command: Option<String>,
     /// SQL returning `name, path, vcs, changed_at` for the change feed.
     pub feed_query: Option<String>,
-    /// Base for relative `path` values of the change feed.
+    /// Base for relative `path` values of the change feed; absolute paths must lie under it.
     pub repos_root: Option<PathBuf>,
+    /// PostgreSQL URL the feed is read from instead (a hot standby); claims and state always
+    /// go to `database_url`, the primary.
+    pub feed_database_url: Option<String>,
+    /// Default `--jobs-per-storage` of `run`: concurrent backups per storage, all workers.
+    pub jobs_per_storage: Option<usize>,
+    /// How far before the cursor changes are asked for (late commits, coarse stamps; default 10m).
+    pub feed_margin: Option<String>,
+    /// How long a claim holds without a heartbeat (default 5m).
+    pub claim_lease: Option<String>,
+    /// How long a dropped database connection is retried before a run gives up (default 2m).
+    pub database_retry: Option<String>,
     /// Default `--jobs` of `run`.
     pub jobs: Option<usize>,
     /// Default `--rate-limit` of `run`.
@@ -65,6 +76,14 @@ impl Config {
             let at = line.map(|l| format!(" line {l}:")).unwrap_or_default();
             usage(format!("config file {}:{at} {}", crate::output::path(path), e.message().trim()))
         })
+    }
+
+    /// The duration of config key `key` (`value`), else `default`.
+    pub fn duration(key: &str, value: Option<&str>, default: std::time::Duration) -> Result<std::time::Duration> {
+        value
+            .map(|v| crate::throttle::parse_duration(v).map_err(|e| usage(format!("config key {key}: {e}"))))
+            .transpose()
+            .map(|d| d.unwrap_or(default))
     }
 
     /// The store from the flag/env value, else from the file, else a usage error.

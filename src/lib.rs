@@ -7,6 +7,7 @@
 pub mod backup;
 pub mod commands;
 pub mod config;
+pub mod db;
 pub mod error;
 pub mod memory;
 pub mod name;

@@ -54,6 +54,8 @@ enum Command {
     Lag(commands::lag::LagArgs),
     /// Drop snapshots (a damaged one, or one not wanted); later snapshots chained to it say so.
     Forget(commands::forget::ForgetArgs),
+    /// Create or upgrade the PostgreSQL tables of the change feed and the scheduler.
+    Migrate(commands::migrate::MigrateArgs),
 }
 
 fn main() -> ExitCode {
@@ -91,6 +93,7 @@ fn main() -> ExitCode {
         Command::Run(args) => commands::run::run(&ctx, args),
         Command::Lag(args) => commands::lag::run(&ctx, args),
         Command::Forget(args) => commands::forget::run(&ctx, args),
+        Command::Migrate(args) => commands::migrate::run(&ctx, args),
     };
     match result {
         Ok(Outcome::Done) => ExitCode::SUCCESS,

@@ -162,6 +162,10 @@ pub fn gone(store: &Store, candidates: &[Candidate]) -> Result<Vec<Gone>> {
 #[derive(Debug)]
 pub enum Outcome {
     BackedUp(BackupReport),
+    /// The refs are as the latest snapshot (its id and time) recorded them: nothing read.
+    Unchanged(Option<(String, DateTime<Utc>)>),
+    /// Left alone by design (why): a Mercurial repository.
+    NotBackedUp(String),
     Failed(String),
 }
 
@@ -170,6 +174,8 @@ pub struct JobResult {
     pub name: String,
     pub outcome: Outcome,
     pub attempts: usize,
+    /// When the job started: no snapshot it wrote is older.
+    pub started_at: DateTime<Utc>,
     pub duration: Duration,
 }
 
@@ -180,25 +186,54 @@ pub struct ExecOptions<'a> {
     pub retry_delays: Vec<Duration>,
 }
 
-/// Backs up `work` with `options.jobs` workers; `on_result` sees each result as it comes.
+/// Where [`execute`]'s job threads take their work from: the scan's list, planned ahead, or
+/// the database's queue, claimed one repository at a time (`commands::run_db`).
+pub trait WorkSource: Sync {
+    /// The next repository for this job thread, or `None` when there is no more work.
+    /// May block (waiting for other workers' claims).
+    fn next(&self) -> Option<Candidate>;
+    /// Whether the work was not planned ahead: each job then first compares the ref
+    /// fingerprint with the latest snapshot's, and an unchanged repository is done at once.
+    fn unplanned(&self) -> bool {
+        false
+    }
+    /// Sees each result on the job thread, before it is reported (and before the thread
+    /// asks for more work).
+    fn finished(&self, _result: &JobResult) {}
+}
+
+/// A list of repositories, longest-waiting first (the scan's plan).
+pub struct WorkList(Mutex<VecDeque<Candidate>>);
+
+impl WorkList {
+    pub fn new(work: Vec<Candidate>) -> WorkList {
+        WorkList(Mutex::new(VecDeque::from(work)))
+    }
+}
+
+impl WorkSource for WorkList {
+    fn next(&self) -> Option<Candidate> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).pop_front()
+    }
+}
+
+/// Backs up the work `source` gives with `options.jobs` threads; `on_result` sees each
+/// result as it comes.
 pub fn execute(
     store: &Store,
-    work: Vec<Candidate>,
+    source: &dyn WorkSource,
     options: &ExecOptions<'_>,
     mut on_result: impl FnMut(&JobResult),
 ) -> Vec<JobResult> {
-    let queue = Mutex::new(VecDeque::from(work));
     let (tx, rx) = mpsc::channel::<JobResult>();
     let mut results = Vec::new();
     std::thread::scope(|scope| {
         for _ in 0..options.jobs.max(1) {
             let tx = tx.clone();
-            let queue = &queue;
             scope.spawn(move || {
-                loop {
-                    let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
-                    let Some(candidate) = next else { break };
-                    let result = back_up_with_retries(store, &candidate, options);
+                while let Some(candidate) = source.next() {
+                    let result = run_job(store, &candidate, options, source.unplanned());
+                    source.finished(&result);
                     if tx.send(result).is_err() {
                         break;
                     }
@@ -214,7 +249,46 @@ pub fn execute(
     results
 }
 
-fn back_up_with_retries(store: &Store, candidate: &Candidate, options: &ExecOptions<'_>) -> JobResult {
+/// One repository: checked first when it was not planned, then backed up.
+fn run_job(store: &Store, candidate: &Candidate, options: &ExecOptions<'_>, unplanned: bool) -> JobResult {
+    let started_at = Utc::now();
+    let start = Instant::now();
+    let quick = if unplanned { quick_check(store, candidate) } else { None };
+    match quick {
+        Some(outcome) => JobResult {
+            name: candidate.name.clone(),
+            outcome,
+            attempts: 0,
+            started_at,
+            duration: start.elapsed(),
+        },
+        None => back_up_with_retries(store, candidate, options, started_at),
+    }
+}
+
+/// The outcome of a repository that needs no backup (unchanged, left alone, its latest
+/// snapshot unreadable), or `None`: back it up.
+fn quick_check(store: &Store, candidate: &Candidate) -> Option<Outcome> {
+    if let Some(why) = why_not_backed_up(candidate) {
+        return Some(Outcome::NotBackedUp(why));
+    }
+    match store.latest_snapshot(&candidate.name) {
+        Err(e) => Some(Outcome::Failed(format!("its latest snapshot cannot be read: {e:#}"))),
+        Ok(None) => None,
+        Ok(Some(latest)) => {
+            let now = git::source::refs_stat(&git::source::git_dir_of(&candidate.path));
+            (latest.snapshot.source_fingerprint.as_deref() == Some(now.fingerprint.as_str()))
+                .then(|| Outcome::Unchanged(Some((latest.id, latest.snapshot.created_at))))
+        }
+    }
+}
+
+fn back_up_with_retries(
+    store: &Store,
+    candidate: &Candidate,
+    options: &ExecOptions<'_>,
+    started_at: DateTime<Utc>,
+) -> JobResult {
     let start = Instant::now();
     let mut attempts = 0;
     let outcome = loop {
@@ -229,7 +303,7 @@ fn back_up_with_retries(store: &Store, candidate: &Candidate, options: &ExecOpti
             Err(e) => break Outcome::Failed(format!("{e:#}")),
         }
     };
-    JobResult { name: candidate.name.clone(), outcome, attempts, duration: start.elapsed() }
+    JobResult { name: candidate.name.clone(), outcome, attempts, started_at, duration: start.elapsed() }
 }
 
 /// I/O errors worth another try: the kinds NFS and busy disks produce and that go away.

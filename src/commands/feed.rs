@@ -26,6 +26,15 @@ impl FeedArgs {
         self.scan.as_ref().or(config.scan.as_ref())
     }
 
+    /// The change-feed database in use (flag, env, else config), when the feed is not a scan
+    /// (a scan root wins).
+    pub fn database_url<'a>(&'a self, config: &'a crate::config::Config) -> Option<&'a str> {
+        if self.scan_root(config).is_some() {
+            return None;
+        }
+        self.database_url.as_deref().or(config.database_url.as_deref()).filter(|url| !url.is_empty())
+    }
+
     /// The repositories the feed lists now.
     pub fn discover(&self, config: &crate::config::Config) -> anyhow::Result<crate::source::scan::ScanResult> {
         let scan = self.scan_root(config);
@@ -36,7 +45,7 @@ impl FeedArgs {
             (Some(root), _) => crate::source::scan::scan(&crate::source::root_guard::resolve(root))
                 .map_err(|e| usage(format!("{e:#}"))),
             (None, Some(_)) => Err(usage(
-                "database URL (--database-url, DATABASE_URL or config key database_url): the PostgreSQL change feed is not available in this build yet; use --scan ROOT",
+                "database URL (--database-url, DATABASE_URL or config key database_url): this command reads the change feed through its own path",
             )),
             (None, None) => Err(usage("say where repositories are: --scan ROOT or --database-url URL")),
         }

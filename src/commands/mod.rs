@@ -6,6 +6,7 @@ pub mod feed;
 pub mod forget;
 pub mod init;
 pub mod lag;
+pub mod migrate;
 pub mod restore;
 pub mod run;
 pub mod snapshots;

@@ -18,6 +18,8 @@ use chrono::{DateTime, Utc};
 use clap::Args;
 use serde::Serialize;
 
+mod database;
+
 use super::{Context, FeedArgs, Outcome, StoreArg};
 use crate::{
     error::usage,
@@ -54,6 +56,10 @@ pub struct RunArgs {
     /// Print the result as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+    /// With --database-url: at most N backups at once per storage (the feed's `storage`
+    /// column), across all workers on all hosts (config key `jobs_per_storage`).
+    #[arg(long, value_name = "N")]
+    pub jobs_per_storage: Option<usize>,
     /// After the run, also write the freshness figures to this node_exporter textfile, as
     /// `lag --prometheus` does (config key `prometheus`).
     #[arg(long, value_name = "FILE")]
@@ -93,6 +99,16 @@ pub struct RunResult {
     /// Who holds the lock, when `skipped`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub held_by: Option<LockInfo>,
+    /// With --database-url: the shared night and this worker.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub night_id: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker_id: Option<i64>,
+    /// With --database-url: feed rows refused (a hostile name, a path outside repos_root).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused_repos: Option<Vec<NotBackedUp>>,
 }
 
 impl RunResult {
@@ -116,6 +132,10 @@ impl RunResult {
             not_backed_up_repos: Vec::new(),
             skipped: Some(format!("another run holds the lock ({holder})")),
             held_by: Some(holder),
+            night_id: None,
+            worker_id: None,
+            refused: None,
+            refused_repos: None,
         }
     }
 }
@@ -164,22 +184,13 @@ impl Night {
 }
 
 pub fn run(ctx: &Context, args: &RunArgs) -> Result<Outcome> {
+    if let Some(url) = args.feed.database_url(&ctx.config) {
+        return database::run(ctx, args, url);
+    }
     let started = Instant::now();
     let started_at = Utc::now();
-    let jobs =
-        args.jobs.or(ctx.config.jobs).unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-    if jobs == 0 {
-        return Err(usage("jobs (--jobs or config key jobs) must be at least 1"));
-    }
-    let limiter = args
-        .rate_limit
-        .clone()
-        .or_else(|| ctx.config.rate_limit.clone())
-        .map(|rate| {
-            parse_rate(&rate).map_err(|e| usage(format!("rate limit (--rate-limit or config key rate_limit): {e}")))
-        })
-        .transpose()?
-        .map(RateLimiter::new);
+    let jobs = jobs(ctx, args)?;
+    let limiter = limiter(ctx, args)?;
     let store = ctx.open_store(&args.store)?;
     let found = args.feed.discover(&ctx.config)?;
     let scan_root = args.feed.scan_root(&ctx.config).map(|root| ScanRoot::observe(root));
@@ -231,7 +242,7 @@ pub fn run(ctx: &Context, args: &RunArgs) -> Result<Outcome> {
     let progress = output::progress_bar(work.len() as u64, "{bar:30} {pos}/{len} repositories  {msg}  ETA {eta}");
     let (mut backed_up, mut bytes_read, mut bytes_stored) = (0u64, 0u64, 0u64);
     let options = ExecOptions { jobs, limiter: limiter.as_ref(), retry_delays: RETRY_DELAYS.to_vec() };
-    scheduler::execute(&store, work, &options, |result| {
+    scheduler::execute(&store, &scheduler::WorkList::new(work), &options, |result| {
         progress.inc(1);
         match &result.outcome {
             scheduler::Outcome::BackedUp(report) => {
@@ -256,6 +267,8 @@ pub fn run(ctx: &Context, args: &RunArgs) -> Result<Outcome> {
                 progress.suspend(|| output::repo_error(&result.name, error));
                 failures.push(RepoFailure { repo: result.name.clone(), error: error.clone() });
             }
+            // Planned work was checked before: a job does not find these.
+            scheduler::Outcome::Unchanged(_) | scheduler::Outcome::NotBackedUp(_) => {}
         }
     });
     progress.finish_and_clear();
@@ -308,9 +321,36 @@ pub fn run(ctx: &Context, args: &RunArgs) -> Result<Outcome> {
         not_backed_up_repos: not_backed_up,
         skipped: None,
         held_by: None,
+        night_id: None,
+        worker_id: None,
+        refused: None,
+        refused_repos: None,
     };
     print_result(ctx, args, &result)?;
     Ok(outcome)
+}
+
+/// `--jobs`, else the config's `jobs`, else the number of cores.
+fn jobs(ctx: &Context, args: &RunArgs) -> Result<usize> {
+    let jobs =
+        args.jobs.or(ctx.config.jobs).unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    if jobs == 0 {
+        return Err(usage("jobs (--jobs or config key jobs) must be at least 1"));
+    }
+    Ok(jobs)
+}
+
+/// `--rate-limit`, else the config's `rate_limit`.
+fn limiter(ctx: &Context, args: &RunArgs) -> Result<Option<RateLimiter>> {
+    Ok(args
+        .rate_limit
+        .clone()
+        .or_else(|| ctx.config.rate_limit.clone())
+        .map(|rate| {
+            parse_rate(&rate).map_err(|e| usage(format!("rate limit (--rate-limit or config key rate_limit): {e}")))
+        })
+        .transpose()?
+        .map(RateLimiter::new))
 }
 
 fn print_result(ctx: &Context, args: &RunArgs, result: &RunResult) -> Result<()> {
@@ -367,6 +407,9 @@ const LISTED: usize = 10;
 fn print_summary(result: &RunResult) -> Result<()> {
     let finished = result.finished_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     output::line(&format!("repovault run finished at {finished}"))?;
+    if let (Some(night), Some(worker)) = (result.night_id, result.worker_id) {
+        output::line(&format!("  night {night} (all its workers), reported by worker {worker}"))?;
+    }
     output::line(&format!("  examined      {:>8}", result.examined))?;
     output::line(&format!("  changed       {:>8}", result.changed))?;
     output::line(&format!("  backed up     {:>8}", result.backed_up))?;
@@ -374,6 +417,9 @@ fn print_summary(result: &RunResult) -> Result<()> {
     output::line(&format!("  failed        {:>8}", result.failed))?;
     output::line(&format!("  gone          {:>8}   (deleted at the source; snapshots kept)", result.gone))?;
     output::line(&format!("  not backed up {:>8}   (found, left alone by design; see below)", result.not_backed_up))?;
+    if let Some(refused) = result.refused {
+        output::line(&format!("  refused       {:>8}   (feed rows refused: a hostile name or path)", refused))?;
+    }
     output::line(&format!("  bytes read    {:>8}", human_bytes(result.bytes_read)))?;
     output::line(&format!("  bytes stored  {:>8}", human_bytes(result.bytes_stored)))?;
     output::line(&format!("  duration      {:>7.1}s", result.duration_seconds))?;
@@ -381,6 +427,13 @@ fn print_summary(result: &RunResult) -> Result<()> {
     list(&gone, "gone")?;
     let failed: Vec<String> = result.failed_repos.iter().map(|f| format!("failed: {}", f.repo)).collect();
     list(&failed, "failed")?;
+    let refused: Vec<String> = result
+        .refused_repos
+        .iter()
+        .flatten()
+        .map(|n| format!("refused: {} ({})", n.repo.as_deref().unwrap_or(&n.path), n.why))
+        .collect();
+    list(&refused, "refused")?;
     let left: Vec<String> = result
         .not_backed_up_repos
         .iter()

@@ -33,7 +33,8 @@ pub fn count(git_dir: &Path, tips: &[ObjectId]) -> Result<Option<Vec<ObjectId>>>
     if tips.is_empty() {
         return Ok(None);
     }
-    let spawned = Command::new("git")
+    let mut command = Command::new("git");
+    command
         // The backup user rarely owns the repositories it reads.
         .args(["-c", "safe.directory=*"])
         .arg("--git-dir")
@@ -49,8 +50,9 @@ pub fn count(git_dir: &Path, tips: &[ObjectId]) -> Result<Option<Vec<ObjectId>>>
         .env_remove("GIT_ALTERNATE_OBJECT_DIRECTORIES")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
+        .stderr(Stdio::piped());
+    die_with_parent(&mut command);
+    let spawned = command.spawn();
     let child = match spawned {
         Ok(child) => child,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -91,6 +93,30 @@ pub fn count(git_dir: &Path, tips: &[ObjectId]) -> Result<Option<Vec<ObjectId>>>
         bail!("git rev-list printed a line that is not an object id: {:?}", String::from_utf8_lossy(&line));
     }
     Ok(Some(ids))
+}
+
+/// Makes the child die when the thread that started it dies (PR_SET_PDEATHSIG): a worker
+/// killed with SIGKILL mid-run (its claims then taken over by another) leaves no `git`
+/// behind still reading the repository.
+fn die_with_parent(command: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: prctl and getppid are async-signal-safe; nothing here allocates.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent died before the prctl: no signal will come.
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+    }
 }
 
 /// A child process that is killed and reaped however the function holding it returns, so
