@@ -255,13 +255,9 @@ fn run_job(store: &Store, candidate: &Candidate, options: &ExecOptions<'_>, unpl
     let start = Instant::now();
     let quick = if unplanned { quick_check(store, candidate) } else { None };
     match quick {
-        Some(outcome) => JobResult {
-            name: candidate.name.clone(),
-            outcome,
-            attempts: 0,
-            started_at,
-            duration: start.elapsed(),
-        },
+        Some(outcome) => {
+            JobResult { name: candidate.name.clone(), outcome, attempts: 0, started_at, duration: start.elapsed() }
+        }
         None => back_up_with_retries(store, candidate, options, started_at),
     }
 }
@@ -278,7 +274,7 @@ fn quick_check(store: &Store, candidate: &Candidate) -> Option<Outcome> {
         Ok(Some(latest)) => {
             let now = git::source::refs_stat(&git::source::git_dir_of(&candidate.path));
             (latest.snapshot.source_fingerprint.as_deref() == Some(now.fingerprint.as_str()))
-                .then(|| Outcome::Unchanged(Some((latest.id, latest.snapshot.created_at))))
+                .then_some(Outcome::Unchanged(Some((latest.id, latest.snapshot.created_at))))
         }
     }
 }

@@ -182,7 +182,9 @@ fn measure_database(ctx: &Context, url: &str, max_lag: Option<i64>) -> Result<La
             not_backed_up.push(NotBackedUp { repo: None, path: String::new(), why: format!("{e:#}") });
             continue;
         }
-        if let Some(why) = scheduler::why_not_backed_up(&Candidate { name: row.name.clone(), path: PathBuf::new(), vcs }) {
+        if let Some(why) =
+            scheduler::why_not_backed_up(&Candidate { name: row.name.clone(), path: PathBuf::new(), vcs })
+        {
             not_backed_up.push(NotBackedUp { repo: Some(row.name), path: String::new(), why });
             continue;
         }

@@ -59,6 +59,17 @@ pub struct RefusedRow {
     pub reason: String,
 }
 
+impl RefusedRow {
+    /// Why, naming the path when the reason does not already.
+    pub fn why(&self) -> String {
+        if self.reason.contains(&self.path) {
+            self.reason.clone()
+        } else {
+            format!("{} (path {})", self.reason, self.path)
+        }
+    }
+}
+
 /// What one read of the feed returned.
 #[derive(Debug, Default)]
 pub struct FeedRead {
@@ -126,7 +137,8 @@ impl FeedSpec {
             if undefined_column && with_storage && db.message().contains("storage") {
                 continue;
             }
-            if undefined_column && let Some(column) = REQUIRED.iter().find(|c| db.message().contains(&format!(".{c}"))) {
+            if undefined_column && let Some(column) = REQUIRED.iter().find(|c| db.message().contains(&format!(".{c}")))
+            {
                 return Err(usage(format!(
                     "{}: it returns no column `{column}` (a feed returns name, path, vcs, changed_at and optionally storage)",
                     self.describe()

@@ -56,7 +56,13 @@ pub fn measure(db: &Db, feed_db: Option<&Db>, spec: &FeedSpec) -> Result<Vec<Fee
                     let state = r
                         .get::<_, Option<DateTime<Utc>>>(4)
                         .map(|created| State { feed_changed_at: r.get(3), snapshot_created_at: created });
-                    lag_of(r.get(0), r.get::<_, Option<String>>(1).unwrap_or_default(), r.get(2), state.as_ref(), r.get(5))
+                    lag_of(
+                        r.get(0),
+                        r.get::<_, Option<String>>(1).unwrap_or_default(),
+                        r.get(2),
+                        state.as_ref(),
+                        r.get(5),
+                    )
                 })
                 .collect())
         }),
@@ -72,7 +78,10 @@ pub fn measure(db: &Db, feed_db: Option<&Db>, spec: &FeedSpec) -> Result<Vec<Fee
                 Ok((now, states))
             })?;
             feed_db.call("reading the feed", async |c| {
-                let sql = format!("SELECT name, vcs, changed_at FROM ({}) AS feed WHERE name IS NOT NULL AND changed_at IS NOT NULL", spec.wrapped());
+                let sql = format!(
+                    "SELECT name, vcs, changed_at FROM ({}) AS feed WHERE name IS NOT NULL AND changed_at IS NOT NULL",
+                    spec.wrapped()
+                );
                 let rows = if bind {
                     c.query_typed(&sql, &[(&since, Type::TIMESTAMPTZ)]).await?
                 } else {
@@ -91,13 +100,7 @@ pub fn measure(db: &Db, feed_db: Option<&Db>, spec: &FeedSpec) -> Result<Vec<Fee
     }
 }
 
-fn lag_of(
-    name: String,
-    vcs: String,
-    changed_at: DateTime<Utc>,
-    state: Option<&State>,
-    now: DateTime<Utc>,
-) -> FeedLag {
+fn lag_of(name: String, vcs: String, changed_at: DateTime<Utc>, state: Option<&State>, now: DateTime<Utc>) -> FeedLag {
     let since = |t: DateTime<Utc>| (now - t).num_seconds().max(0);
     let lag_seconds = match state {
         Some(s) if s.feed_changed_at.is_some_and(|held| held >= changed_at) => 0,

@@ -256,12 +256,14 @@ pub fn is_connection_loss(err: &anyhow::Error) -> bool {
         match e.code() {
             Some(code) => {
                 code.code().starts_with("08")
-                    || [SqlState::ADMIN_SHUTDOWN, SqlState::CRASH_SHUTDOWN, SqlState::CANNOT_CONNECT_NOW]
-                        .contains(code)
+                    || [SqlState::ADMIN_SHUTDOWN, SqlState::CRASH_SHUTDOWN, SqlState::CANNOT_CONNECT_NOW].contains(code)
             }
             // No server error: an I/O error, a timeout, a refused connection.
-            None => std::error::Error::source(e).is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some())
-                || e.to_string().contains("timeout") || e.to_string().contains("closed"),
+            None => {
+                std::error::Error::source(e).is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some())
+                    || e.to_string().contains("timeout")
+                    || e.to_string().contains("closed")
+            }
         }
     })
 }
@@ -285,7 +287,8 @@ fn label_of(config: &Config) -> String {
 pub fn redact(text: &str, password: Option<&str>, url: Option<&str>) -> String {
     let mut out = text.to_owned();
     let from_url = url.and_then(|u| u.parse::<Config>().ok()).and_then(|c| c.get_password().map(<[u8]>::to_vec));
-    for secret in password.map(str::to_owned).into_iter().chain(from_url.map(|p| String::from_utf8_lossy(&p).into_owned()))
+    for secret in
+        password.map(str::to_owned).into_iter().chain(from_url.map(|p| String::from_utf8_lossy(&p).into_owned()))
     {
         if !secret.is_empty() {
             out = out.replace(&secret, "***");

@@ -60,9 +60,16 @@ pub struct Claim {
 /// How a claimed repository ended.
 #[derive(Debug, Clone)]
 pub enum Finished {
-    BackedUp { snapshot_id: String, snapshot_created_at: DateTime<Utc>, bytes_read: u64, bytes_stored: u64 },
+    BackedUp {
+        snapshot_id: String,
+        snapshot_created_at: DateTime<Utc>,
+        bytes_read: u64,
+        bytes_stored: u64,
+    },
     /// The refs are as the latest snapshot (if known) recorded them.
-    Unchanged { latest: Option<(String, DateTime<Utc>)> },
+    Unchanged {
+        latest: Option<(String, DateTime<Utc>)>,
+    },
     Failed(String),
     /// Left alone by design (a Mercurial repository).
     NotBackedUp(String),
@@ -90,8 +97,7 @@ pub fn join_night(db: &Db, lease: Duration) -> Result<Worker> {
         let night_id: i64 = match open.first() {
             Some(row) => row.get(0),
             None => {
-                c.query_typed("UPDATE repovault.nights SET finished_at = now() WHERE finished_at IS NULL", &[])
-                    .await?;
+                c.query_typed("UPDATE repovault.nights SET finished_at = now() WHERE finished_at IS NULL", &[]).await?;
                 c.query_typed("INSERT INTO repovault.nights DEFAULT VALUES RETURNING id", &[]).await?[0].get(0)
             }
         };
@@ -148,7 +154,11 @@ pub fn refresh(db: &Db, feed_db: Option<&Db>, spec: &FeedSpec, worker: Worker, m
 
 /// The feed on the primary: the watermark is this transaction's `now()`, taken before the
 /// feed statement's snapshot, so every change committed before it is in what is read.
-async fn read_on_primary(c: &Client, spec: &FeedSpec, since: DateTime<Utc>) -> Result<(FeedRead, Option<DateTime<Utc>>)> {
+async fn read_on_primary(
+    c: &Client,
+    spec: &FeedSpec,
+    since: DateTime<Utc>,
+) -> Result<(FeedRead, Option<DateTime<Utc>>)> {
     let now: DateTime<Utc> = c.query_typed("SELECT now()", &[]).await?[0].get(0);
     Ok((spec.read(c, since).await?, Some(now)))
 }
@@ -162,10 +172,7 @@ async fn read_on_standby(
     since: DateTime<Utc>,
 ) -> Result<(FeedRead, Option<DateTime<Utc>>)> {
     let replayed: Option<DateTime<Utc>> = s
-        .query_typed(
-            "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_xact_replay_timestamp() ELSE now() END",
-            &[],
-        )
+        .query_typed("SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_xact_replay_timestamp() ELSE now() END", &[])
         .await?[0]
         .get(0);
     Ok((spec.read(s, since).await?, replayed))
@@ -204,7 +211,7 @@ async fn queue_rows(c: &Client, read: &FeedRead) -> Result<()> {
 
 async fn record_refused(c: &Client, worker: Worker, refused: &[RefusedRow]) -> Result<()> {
     for row in refused {
-        let why = format!("{} (path {})", row.reason, row.path);
+        let why = row.why();
         c.query_typed(
             "INSERT INTO repovault.results (night_id, worker_id, name, outcome, error) VALUES ($1, $2, $3, 'refused', $4)
              ON CONFLICT (night_id, name) WHERE outcome = 'refused' DO NOTHING",
@@ -292,7 +299,13 @@ pub fn finish(db: &Db, worker: Worker, claim: &Claim, finished: &Finished) -> Re
 
 /// Takes the row off the queue (done), or leaves it for later: failed (next night), or its
 /// change moved on while it was backed up (tonight or the next night, whichever claims it).
-async fn release(c: &Client, claim: &Claim, finished: &Finished, worker: Worker, changed_now: DateTime<Utc>) -> Result<()> {
+async fn release(
+    c: &Client,
+    claim: &Claim,
+    finished: &Finished,
+    worker: Worker,
+    changed_now: DateTime<Utc>,
+) -> Result<()> {
     let name: (&(dyn tokio_postgres::types::ToSql + Sync), Type) = (&claim.name, Type::TEXT);
     match finished {
         Finished::Failed(error) => {
@@ -304,11 +317,14 @@ async fn release(c: &Client, claim: &Claim, finished: &Finished, worker: Worker,
             .await?;
         }
         _ if changed_now > claim.changed_at => {
-            c.query_typed("UPDATE repovault.queue SET claimed_by = NULL, lease_until = NULL WHERE name = $1", &[name.clone()])
-                .await?;
+            c.query_typed(
+                "UPDATE repovault.queue SET claimed_by = NULL, lease_until = NULL WHERE name = $1",
+                std::slice::from_ref(&name),
+            )
+            .await?;
         }
         _ => {
-            c.query_typed("DELETE FROM repovault.queue WHERE name = $1", &[name.clone()]).await?;
+            c.query_typed("DELETE FROM repovault.queue WHERE name = $1", std::slice::from_ref(&name)).await?;
         }
     }
     Ok(())
@@ -410,8 +426,11 @@ fn renew(db: &Db, worker: Worker, lease: Duration) -> Result<()> {
             &[(&worker.worker_id, Type::INT8), (&lease, Type::FLOAT8)],
         )
         .await?;
-        c.query_typed("UPDATE repovault.workers SET heartbeat = now() WHERE id = $1", &[(&worker.worker_id, Type::INT8)])
-            .await?;
+        c.query_typed(
+            "UPDATE repovault.workers SET heartbeat = now() WHERE id = $1",
+            &[(&worker.worker_id, Type::INT8)],
+        )
+        .await?;
         Ok(())
     })
 }
@@ -421,10 +440,10 @@ fn renew(db: &Db, worker: Worker, lease: Duration) -> Result<()> {
 pub fn leave(db: &Db, worker: Worker, lease: Duration) -> Result<()> {
     db.transaction("leaving the night", "", async |c| {
         c.query_typed("SELECT pg_advisory_xact_lock($1)", &[(&NIGHT_LOCK, Type::INT8)]).await?;
-        c.query_typed("UPDATE repovault.workers SET finished_at = now() WHERE id = $1", &[(
-            &worker.worker_id,
-            Type::INT8,
-        )])
+        c.query_typed(
+            "UPDATE repovault.workers SET finished_at = now() WHERE id = $1",
+            &[(&worker.worker_id, Type::INT8)],
+        )
         .await?;
         c.query_typed(
             "UPDATE repovault.nights n SET finished_at = now() WHERE n.id = $1 AND n.finished_at IS NULL
@@ -465,7 +484,7 @@ pub fn summary(db: &Db, night_id: i64) -> Result<NightSummary> {
             .query_typed(
                 "SELECT outcome, count(*), coalesce(sum(bytes_read), 0)::int8, coalesce(sum(bytes_stored), 0)::int8
                  FROM repovault.results WHERE night_id = $1 GROUP BY outcome",
-                &[night.clone()],
+                std::slice::from_ref(&night),
             )
             .await?
         {

@@ -23,7 +23,7 @@ use super::{Context, Outcome, RETRY_DELAYS, RepoFailure, RunArgs, RunResult, pri
 use crate::{
     config::Config,
     db::{
-        self, Db, DatabaseDown,
+        self, DatabaseDown, Db,
         feed::FeedSpec,
         queue::{self, Claim, ClaimRules, Finished, Heartbeat, NightSummary, Worker},
     },
@@ -52,7 +52,9 @@ impl Settings {
         }
         let jobs_per_storage = args.jobs_per_storage.or(config.jobs_per_storage);
         if jobs_per_storage == Some(0) {
-            return Err(usage("jobs per storage (--jobs-per-storage or config key jobs_per_storage) must be at least 1"));
+            return Err(usage(
+                "jobs per storage (--jobs-per-storage or config key jobs_per_storage) must be at least 1",
+            ));
         }
         Ok(Settings {
             margin: Config::duration("feed_margin", config.feed_margin.as_deref(), DEFAULT_MARGIN)?,
@@ -76,7 +78,8 @@ pub fn run(ctx: &Context, args: &RunArgs, url: &str) -> Result<Outcome> {
     let jobs = super::jobs(ctx, args)?;
     let limiter = super::limiter(ctx, args)?;
     let store = ctx.open_store(&args.store)?;
-    let db = Db::connect(url, "database URL (--database-url, DATABASE_URL or config key database_url)", settings.retry)?;
+    let db =
+        Db::connect(url, "database URL (--database-url, DATABASE_URL or config key database_url)", settings.retry)?;
     db::migrate::check(&db)?;
     let feed_db = ctx
         .config
@@ -93,7 +96,7 @@ pub fn run(ctx: &Context, args: &RunArgs, url: &str) -> Result<Outcome> {
     let refreshed = queue::refresh(&db, feed_db.as_ref(), &spec, worker, settings.margin)?;
     tracing::info!(night = worker.night_id, worker = worker.worker_id, feed_rows = refreshed.rows, "queue refreshed");
     for refused in &refreshed.refused {
-        output::repo_error(&refused.name, &format!("feed row refused: {} (path {})", refused.reason, refused.path));
+        output::repo_error(&refused.name, &format!("feed row refused: {}", refused.why()));
     }
 
     let source = DbWork::new(&db, worker, settings.rules);
