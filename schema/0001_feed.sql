@@ -1,4 +1,5 @@
-CREATE SCHEMA IF NOT EXISTS repovault;
+-- The schema `repovault` itself is created by `repovault migrate` before the first
+-- migration (only if missing: a role that owns it needs no CREATE on the database).
 
 -- The change feed the contract names: one row per repository, `changed_at` bumped by the
 -- forge (or a trigger, or a cron job) whenever the repository changes. A deployment that

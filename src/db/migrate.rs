@@ -27,7 +27,13 @@ pub const MIGRATIONS: &[Migration] = &[
 /// The advisory lock key migrations are applied under (any fixed number; "rvmigrat").
 const MIGRATE_LOCK: i64 = 0x7276_6d69_6772_6174;
 
-const VERSION_TABLE: &str = "CREATE SCHEMA IF NOT EXISTS repovault;
+/// `CREATE SCHEMA IF NOT EXISTS` needs CREATE on the database even when the schema exists:
+/// the check comes first, so that a role owning only the schema can migrate (and re-run).
+const VERSION_TABLE: &str = "DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'repovault') THEN
+        CREATE SCHEMA repovault;
+    END IF;
+END $$;
 CREATE TABLE IF NOT EXISTS repovault.schema_version (
     version    integer PRIMARY KEY,
     applied_at timestamptz NOT NULL DEFAULT now(),
