@@ -1167,3 +1167,20 @@ fn dry_run_lists_the_night_and_changes_nothing_and_run_writes_the_prometheus_fil
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(!stdout(&out).contains("would back up"), "nothing left to do: {}", stdout(&out));
 }
+
+/// The least a DBA grants: a role that owns the schema `repovault` and has no CREATE on the
+/// database can migrate, again and again.
+#[test]
+fn a_role_owning_only_the_schema_can_migrate() {
+    let cluster = PgCluster::start();
+    let admin = cluster.create_db("forge");
+    psql(&admin, "CREATE ROLE rvowner LOGIN; CREATE SCHEMA repovault AUTHORIZATION rvowner");
+    let url = format!("postgres://rvowner@127.0.0.1:{}/forge", cluster.port());
+    let env = Env::new();
+    for attempt in ["first", "second"] {
+        let out = env.rv(&["migrate", "--database-url", &url]);
+        assert_eq!(code(&out), 0, "{attempt} migrate as the schema's owner: {}", stderr(&out));
+    }
+    assert_eq!(psql(&admin, "SELECT has_database_privilege('rvowner', 'forge', 'CREATE')"), "f");
+    assert_eq!(psql(&admin, "SELECT count(*) > 0 FROM repovault.schema_version"), "t");
+}
