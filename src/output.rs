@@ -109,10 +109,45 @@ pub fn line(text: &str) -> anyhow::Result<()> {
 }
 
 /// A result for machines on stdout: pretty JSON followed by a newline.
+/// Streamed: a report of a million repositories is never held as one string.
 pub fn json<T: serde::Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {
-    let mut text = serde_json::to_string_pretty(value)?;
-    text.push('\n');
-    write_stdout(text.as_bytes())
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    let mut out = io::BufWriter::with_capacity(1 << 16, PipeAware(io::stdout().lock()));
+    let written = serde_json::to_writer_pretty(&mut out, value)
+        .map_err(io::Error::from)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    written.map_err(|e| anyhow::Error::new(e).context("writing to standard output"))
+}
+
+/// Stdout that takes a closed pipe for the end of output: what follows is dropped.
+struct PipeAware<W: Write>(W);
+
+impl<W: Write> Write for PipeAware<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if STDOUT_CLOSED.load(Ordering::Relaxed) {
+            return Ok(buf.len());
+        }
+        match self.0.write(buf) {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                STDOUT_CLOSED.store(true, Ordering::Relaxed);
+                Ok(buf.len())
+            }
+            other => other,
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self.0.flush() {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                STDOUT_CLOSED.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+            other => other,
+        }
+    }
 }
 
 /// A result for machines on stdout as one JSON line (for `--log-format json` streams).

@@ -166,39 +166,9 @@ fn measure_database(ctx: &Context, url: &str, max_lag: Option<i64>) -> Result<La
         .transpose()?;
     let mut spec = db::feed::FeedSpec::new(&ctx.config)?;
     spec.has_storage = feed_db.as_ref().unwrap_or(&db).call("checking the feed", async |c| spec.probe(c).await)?;
-    let mut repos = Vec::new();
-    let mut not_backed_up = Vec::new();
-    for row in db::lag::measure(&db, feed_db.as_ref(), &spec)? {
-        let vcs = match row.vcs.as_str() {
-            "git" => Vcs::Git,
-            "hg" => Vcs::Hg,
-            other => {
-                let why = format!("vcs {other:?} is neither git nor hg");
-                not_backed_up.push(NotBackedUp { repo: Some(row.name), path: String::new(), why });
-                continue;
-            }
-        };
-        if let Err(e) = crate::name::validate(&row.name) {
-            not_backed_up.push(NotBackedUp { repo: None, path: String::new(), why: format!("{e:#}") });
-            continue;
-        }
-        if let Some(why) =
-            scheduler::why_not_backed_up(&Candidate { name: row.name.clone(), path: PathBuf::new(), vcs })
-        {
-            not_backed_up.push(NotBackedUp { repo: Some(row.name), path: String::new(), why });
-            continue;
-        }
-        repos.push(RepoLag {
-            repo: row.name,
-            vcs,
-            changed_at: row.changed_at,
-            backed_up_change_at: row.backed_up_change_at,
-            lag_seconds: row.lag_seconds,
-            gone: false,
-            damaged: false,
-            damage: None,
-        });
-    }
+    let mut sink = DatabaseLags::default();
+    db::lag::measure(&db, feed_db.as_ref(), &spec, &mut sink)?;
+    let DatabaseLags { mut repos, not_backed_up } = sink;
     let mut lags: Vec<i64> = repos.iter().map(|r| r.lag_seconds).collect();
     lags.sort_unstable();
     repos.sort_by(|a, b| b.lag_seconds.cmp(&a.lag_seconds).then_with(|| a.repo.cmp(&b.repo)));
@@ -214,6 +184,52 @@ fn measure_database(ctx: &Context, url: &str, max_lag: Option<i64>) -> Result<La
         scan_root_problem: None,
         repos,
     })
+}
+
+/// The feed's rows as `lag` reports them, sorted as they stream in from the database.
+#[derive(Default)]
+struct DatabaseLags {
+    repos: Vec<RepoLag>,
+    not_backed_up: Vec<NotBackedUp>,
+}
+
+impl db::lag::LagSink for DatabaseLags {
+    fn restart(&mut self) {
+        self.repos.clear();
+        self.not_backed_up.clear();
+    }
+
+    fn row(&mut self, row: db::lag::FeedLag) {
+        let vcs = match row.vcs.as_str() {
+            "git" => Vcs::Git,
+            "hg" => Vcs::Hg,
+            other => {
+                let why = format!("vcs {other:?} is neither git nor hg");
+                self.not_backed_up.push(NotBackedUp { repo: Some(row.name), path: String::new(), why });
+                return;
+            }
+        };
+        if let Err(e) = crate::name::validate(&row.name) {
+            self.not_backed_up.push(NotBackedUp { repo: None, path: String::new(), why: format!("{e:#}") });
+            return;
+        }
+        if let Some(why) =
+            scheduler::why_not_backed_up(&Candidate { name: row.name.clone(), path: PathBuf::new(), vcs })
+        {
+            self.not_backed_up.push(NotBackedUp { repo: Some(row.name), path: String::new(), why });
+            return;
+        }
+        self.repos.push(RepoLag {
+            repo: row.name,
+            vcs,
+            changed_at: row.changed_at,
+            backed_up_change_at: row.backed_up_change_at,
+            lag_seconds: row.lag_seconds,
+            gone: false,
+            damaged: false,
+            damage: None,
+        });
+    }
 }
 
 /// `--max-lag` as seconds, else the config's `max_lag`.

@@ -6,10 +6,11 @@
 //! known to hold) is at or after the feed's `changed_at`; otherwise the time since that
 //! snapshot was taken; never backed up: the time since the change.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, pin::pin};
 
 use anyhow::Result;
 use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt;
 use tokio_postgres::types::Type;
 
 use super::{
@@ -32,69 +33,79 @@ struct State {
     snapshot_created_at: DateTime<Utc>,
 }
 
-/// Every repository of the feed with its lag, measured at the database's `now()`. Rows whose
-/// name, vcs or changed_at is NULL are skipped (they are no repository).
-pub fn measure(db: &Db, feed_db: Option<&Db>, spec: &FeedSpec) -> Result<Vec<FeedLag>> {
+/// Where `measure` puts the rows as they arrive: a million of them are never held twice.
+pub trait LagSink {
+    /// A new attempt starts (the connection was lost and the query runs again): forget the
+    /// rows of the previous one.
+    fn restart(&mut self);
+    fn row(&mut self, row: FeedLag);
+}
+
+/// Every repository of the feed with its lag, measured at the database's `now()`, streamed
+/// into `sink`. Rows whose name or changed_at is NULL are skipped (they are no repository).
+pub fn measure(db: &Db, feed_db: Option<&Db>, spec: &FeedSpec, sink: &mut impl LagSink) -> Result<()> {
     let since = beginning();
-    let bind = spec.takes_since();
+    let params: Vec<(DateTime<Utc>, Type)> =
+        if spec.takes_since() { vec![(since, Type::TIMESTAMPTZ)] } else { Vec::new() };
+    let sink = std::sync::Mutex::new(sink);
+    let each = |row: FeedLag| sink.lock().unwrap_or_else(|e| e.into_inner()).row(row);
+    let restart = || sink.lock().unwrap_or_else(|e| e.into_inner()).restart();
     match feed_db {
         None => db.call("measuring lag", async |c| {
+            restart();
             let sql = format!(
                 "WITH feed AS ({}) SELECT feed.name, feed.vcs, feed.changed_at, s.feed_changed_at,
                      s.snapshot_created_at, now() FROM feed LEFT JOIN repovault.state s ON s.name = feed.name
                  WHERE feed.name IS NOT NULL AND feed.changed_at IS NOT NULL",
                 spec.wrapped()
             );
-            let rows = if bind {
-                c.query_typed(&sql, &[(&since, Type::TIMESTAMPTZ)]).await?
-            } else {
-                c.query_typed(&sql, &[]).await?
-            };
-            Ok(rows
-                .iter()
-                .map(|r| {
-                    let state = r
-                        .get::<_, Option<DateTime<Utc>>>(4)
-                        .map(|created| State { feed_changed_at: r.get(3), snapshot_created_at: created });
-                    lag_of(
-                        r.get(0),
-                        r.get::<_, Option<String>>(1).unwrap_or_default(),
-                        r.get(2),
-                        state.as_ref(),
-                        r.get(5),
-                    )
-                })
-                .collect())
+            let mut rows = pin!(c.query_typed_raw(&sql, params.iter().map(|(v, t)| (v, t.clone()))).await?);
+            while let Some(r) = rows.try_next().await? {
+                let state = r
+                    .get::<_, Option<DateTime<Utc>>>(4)
+                    .map(|created| State { feed_changed_at: r.get(3), snapshot_created_at: created });
+                each(lag_of(
+                    r.get(0),
+                    r.get::<_, Option<String>>(1).unwrap_or_default(),
+                    r.get(2),
+                    state.as_ref(),
+                    r.get(5),
+                ));
+            }
+            Ok(())
         }),
         Some(feed_db) => {
             let (now, states) = db.call("reading the state", async |c| {
                 let now: DateTime<Utc> = c.query_typed("SELECT now()", &[]).await?[0].get(0);
-                let states: HashMap<String, State> = c
-                    .query_typed("SELECT name, feed_changed_at, snapshot_created_at FROM repovault.state", &[])
+                let mut states = HashMap::new();
+                let mut rows = pin!(
+                    c.query_typed_raw(
+                        "SELECT name, feed_changed_at, snapshot_created_at FROM repovault.state",
+                        std::iter::empty::<(&DateTime<Utc>, Type)>()
+                    )
                     .await?
-                    .iter()
-                    .map(|r| (r.get(0), State { feed_changed_at: r.get(1), snapshot_created_at: r.get(2) }))
-                    .collect();
+                );
+                while let Some(r) = rows.try_next().await? {
+                    states.insert(
+                        r.get::<_, String>(0),
+                        State { feed_changed_at: r.get(1), snapshot_created_at: r.get(2) },
+                    );
+                }
                 Ok((now, states))
             })?;
             feed_db.call("reading the feed", async |c| {
+                restart();
                 let sql = format!(
                     "SELECT name, vcs, changed_at FROM ({}) AS feed WHERE name IS NOT NULL AND changed_at IS NOT NULL",
                     spec.wrapped()
                 );
-                let rows = if bind {
-                    c.query_typed(&sql, &[(&since, Type::TIMESTAMPTZ)]).await?
-                } else {
-                    c.query_typed(&sql, &[]).await?
-                };
-                Ok(rows
-                    .iter()
-                    .map(|r| {
-                        let name: String = r.get(0);
-                        let state = states.get(&name);
-                        lag_of(name, r.get::<_, Option<String>>(1).unwrap_or_default(), r.get(2), state, now)
-                    })
-                    .collect())
+                let mut rows = pin!(c.query_typed_raw(&sql, params.iter().map(|(v, t)| (v, t.clone()))).await?);
+                while let Some(r) = rows.try_next().await? {
+                    let name: String = r.get(0);
+                    let state = states.get(&name);
+                    each(lag_of(name, r.get::<_, Option<String>>(1).unwrap_or_default(), r.get(2), state, now));
+                }
+                Ok(())
             })
         }
     }

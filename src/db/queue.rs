@@ -311,13 +311,15 @@ pub fn claim(db: &Db, worker: Worker, rules: ClaimRules) -> Result<Option<Claim>
     })
 }
 
-/// Claims in flight anywhere (leases not expired): what a worker with nothing to claim waits
-/// for before the night can be summed up.
-pub fn in_flight(db: &Db) -> Result<i64> {
+/// Claims of other workers in flight (leases not expired): what a job thread with nothing to
+/// claim waits for before the night can be summed up (taking over any lease that expires).
+/// This worker's own claims are its other threads', which end before it sums up.
+pub fn in_flight_elsewhere(db: &Db, worker: Worker) -> Result<i64> {
     db.call("counting claims in flight", async |c| {
         Ok(c.query_typed(
-            "SELECT count(*) FROM repovault.queue WHERE claimed_by IS NOT NULL AND lease_until >= now()",
-            &[],
+            "SELECT count(*) FROM repovault.queue
+             WHERE claimed_by IS NOT NULL AND claimed_by <> $1 AND lease_until >= now()",
+            &[(&worker.worker_id, Type::INT8)],
         )
         .await?[0]
             .get(0))

@@ -210,7 +210,7 @@ impl WorkSource for DbWork<'_> {
                     self.claims.lock().unwrap_or_else(|e| e.into_inner()).insert(claim.name.clone(), claim);
                     return Some(candidate);
                 }
-                Ok(None) => match queue::in_flight(self.db) {
+                Ok(None) => match queue::in_flight_elsewhere(self.db, self.worker) {
                     Ok(0) => return None,
                     Ok(_) => std::thread::sleep(self.poll),
                     Err(e) => self.give_up(&e),
