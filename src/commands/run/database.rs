@@ -182,7 +182,9 @@ struct DbWork<'a> {
 
 impl<'a> DbWork<'a> {
     fn new(db: &'a Db, worker: Worker, rules: ClaimRules) -> DbWork<'a> {
-        let poll = (rules.lease / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+        // Waiting happens only at the night's tail, for other workers' last claims: a short
+        // poll (one count query) ends this worker soon after theirs.
+        let poll = (rules.lease / 4).min(Duration::from_millis(100));
         DbWork { db, worker, rules, claims: Mutex::new(HashMap::new()), gave_up: Mutex::new(None), poll }
     }
 
