@@ -1184,3 +1184,29 @@ fn a_role_owning_only_the_schema_can_migrate() {
     assert_eq!(psql(&admin, "SELECT has_database_privilege('rvowner', 'forge', 'CREATE')"), "f");
     assert_eq!(psql(&admin, "SELECT count(*) > 0 FROM repovault.schema_version"), "t");
 }
+
+/// A worker killed after it wrote a snapshot and before it recorded it: the worker that takes
+/// the claim over finds the refs as that snapshot holds them, and the night counts the
+/// repository as backed up (by the snapshot the dead worker wrote), not as unchanged.
+#[test]
+fn a_snapshot_written_by_a_worker_killed_before_recording_it_counts_as_backed_up() {
+    let forge = Forge::new(Via::Direct);
+    let repo = forge.add_repo("r");
+    forge.sql(
+        "INSERT INTO repovault.nights (id) VALUES (1);
+         INSERT INTO repovault.workers (id, night_id, host, pid, heartbeat)
+             VALUES (1, 1, 'gone', 1, now() - interval '1 hour');
+         INSERT INTO repovault.queue (name, path, vcs, changed_at, claimed_by, lease_until, attempts)
+             VALUES ('r', 'r', 'git', now() - interval '1 hour', 1, now() - interval '1 minute', 1);
+         SELECT setval('repovault.nights_id_seq', 1); SELECT setval('repovault.workers_id_seq', 1)",
+    );
+    // The dead worker's snapshot, written before it died.
+    let written = forge.env.backup("r", &repo);
+
+    let night = forge.run_ok(&[]);
+    assert_eq!(count(&night, "backed_up"), 1, "{night}");
+    assert_eq!(count(&night, "unchanged"), 0, "{night}");
+    assert_eq!(forge.sql("SELECT snapshot_id FROM repovault.results WHERE name = 'r'"), written);
+    forge.assert_snapshots(&[("r", 1)]);
+    forge.assert_all_fresh(&["r"]);
+}

@@ -238,6 +238,16 @@ impl WorkSource for DbWork<'_> {
                 bytes_read: report.bytes_read,
                 bytes_stored: report.bytes_stored,
             },
+            // A worker that claimed it before was killed after writing the snapshot and before
+            // recording it: the snapshot is tonight's backup of it, and the night counts it so.
+            scheduler::Outcome::Unchanged(Some((id, created))) if claim.attempt > 1 && *created > claim.changed_at => {
+                Finished::BackedUp {
+                    snapshot_id: id.clone(),
+                    snapshot_created_at: *created,
+                    bytes_read: 0,
+                    bytes_stored: 0,
+                }
+            }
             scheduler::Outcome::Unchanged(latest) => Finished::Unchanged { latest: latest.clone() },
             scheduler::Outcome::NotBackedUp(why) => Finished::NotBackedUp(why.clone()),
             scheduler::Outcome::Failed(error) => Finished::Failed(error.clone()),
