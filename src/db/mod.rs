@@ -182,6 +182,13 @@ impl Db {
                 }
                 // Already one clear line for the operator (a bad feed_query): kept as it is.
                 Err(e) if crate::error::is_usage(&e) => return Err(e),
+                // A standby cancels a read that conflicts with recovery, and any transaction
+                // may lose a serialization or deadlock race: the whole operation runs again.
+                Err(e) if is_conflict(&e) && Instant::now() < deadline => {
+                    tracing::warn!(database = self.shared.label, error = %self.shared.message(what, &e), "conflict; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(BACKOFF_MAX);
+                }
                 Err(e) => return Err(anyhow!(self.shared.message(what, &e))),
             }
         }
@@ -248,6 +255,15 @@ impl std::error::Error for DatabaseDown {}
 
 /// Whether `err` says the connection is gone (worth reconnecting), as opposed to a query
 /// the server refused.
+/// A serialization failure (a hot standby's "conflict with recovery" is one) or a deadlock:
+/// nothing is wrong but timing, and running the operation again is the cure.
+pub fn is_conflict(err: &anyhow::Error) -> bool {
+    err.chain()
+        .filter_map(|c| c.downcast_ref::<tokio_postgres::Error>())
+        .filter_map(|e| e.code())
+        .any(|code| [SqlState::T_R_SERIALIZATION_FAILURE, SqlState::T_R_DEADLOCK_DETECTED].contains(code))
+}
+
 pub fn is_connection_loss(err: &anyhow::Error) -> bool {
     err.chain().filter_map(|c| c.downcast_ref::<tokio_postgres::Error>()).any(|e| {
         if e.is_closed() {

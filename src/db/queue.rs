@@ -270,7 +270,11 @@ pub fn preview(db: &Db, feed_db: Option<&Db>, spec: &FeedSpec, margin: Duration)
 
 /// Claims the next repository, or `None` when nothing is claimable now (all done, all held
 /// by live leases, failed tonight, or capped by `jobs_per_storage`).
-pub fn claim(db: &Db, worker: Worker, rules: ClaimRules) -> Result<Option<Claim>> {
+/// `held`: what this worker's threads hold now. A row this worker claimed but does not hold
+/// (the claim's COMMIT went through but its reply was lost with the connection) is taken
+/// again by this worker; a row it holds is never claimed twice, even if its lease ran out
+/// while the database was away. The caller serialises its own threads' claims.
+pub fn claim(db: &Db, worker: Worker, rules: ClaimRules, held: &[String]) -> Result<Option<Claim>> {
     let cap = rules.jobs_per_storage.map(|n| n as i64);
     db.transaction("claiming a repository", "", async |c| {
         if cap.is_some() {
@@ -284,7 +288,8 @@ pub fn claim(db: &Db, worker: Worker, rules: ClaimRules) -> Result<Option<Claim>
                      attempts = q.attempts + 1
                  WHERE q.name = (
                      SELECT c.name FROM repovault.queue c
-                     WHERE (c.lease_until IS NULL OR c.lease_until < now())
+                     WHERE ((c.lease_until IS NULL OR c.lease_until < now()) AND c.claimed_by IS DISTINCT FROM $1
+                            OR c.claimed_by = $1 AND NOT (c.name = ANY($5)))
                        AND (c.failed_night IS NULL OR c.failed_night <> $3)
                        AND ($4::int8 IS NULL OR c.storage IS NULL OR (
                            SELECT count(*) FROM repovault.queue o
@@ -297,6 +302,7 @@ pub fn claim(db: &Db, worker: Worker, rules: ClaimRules) -> Result<Option<Claim>
                     (&secs(rules.lease), Type::FLOAT8),
                     (&worker.night_id, Type::INT8),
                     (&cap, Type::INT8),
+                    (&held, Type::TEXT_ARRAY),
                 ],
             )
             .await?;
@@ -530,15 +536,22 @@ pub fn summary(db: &Db, night_id: i64) -> Result<NightSummary> {
         let night: (&(dyn tokio_postgres::types::ToSql + Sync), Type) = (&night_id, Type::INT8);
         for row in c
             .query_typed(
-                "SELECT outcome, count(*), coalesce(sum(bytes_read), 0)::int8, coalesce(sum(bytes_stored), 0)::int8
-                 FROM repovault.results WHERE night_id = $1 GROUP BY outcome",
+                // Bytes of every result, counts of repositories: a repository queued again
+                // within the night (changed again) counts once, by its latest result.
+                "WITH latest AS (
+                     SELECT DISTINCT ON (name) name, outcome FROM repovault.results WHERE night_id = $1
+                     ORDER BY name, id DESC),
+                 bytes AS (
+                     SELECT coalesce(sum(bytes_read), 0)::int8 AS r, coalesce(sum(bytes_stored), 0)::int8 AS s
+                     FROM repovault.results WHERE night_id = $1)
+                 SELECT l.outcome, count(*), min(b.r), min(b.s) FROM latest l CROSS JOIN bytes b GROUP BY l.outcome",
                 std::slice::from_ref(&night),
             )
             .await?
         {
             let count = row.get::<_, i64>(1) as u64;
-            summary.bytes_read += row.get::<_, i64>(2) as u64;
-            summary.bytes_stored += row.get::<_, i64>(3) as u64;
+            summary.bytes_read = row.get::<_, i64>(2) as u64;
+            summary.bytes_stored = row.get::<_, i64>(3) as u64;
             match row.get::<_, &str>(0) {
                 "backed_up" => summary.backed_up = count,
                 "unchanged" => summary.unchanged = count,

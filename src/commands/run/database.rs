@@ -205,12 +205,18 @@ impl<'a> DbWork<'a> {
 impl WorkSource for DbWork<'_> {
     fn next(&self) -> Option<Candidate> {
         while !self.stopped() {
-            match queue::claim(self.db, self.worker, self.rules) {
+            // The claims map stays locked across the claim: a row this worker claimed is in
+            // it before another thread of this worker asks what the worker holds.
+            let mut claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
+            let held: Vec<String> = claims.keys().cloned().collect();
+            let claimed = queue::claim(self.db, self.worker, self.rules, &held);
+            if let Ok(Some(claim)) = &claimed {
+                claims.insert(claim.name.clone(), claim.clone());
+            }
+            drop(claims);
+            match claimed {
                 Ok(Some(claim)) => {
-                    let candidate =
-                        Candidate { name: claim.name.clone(), path: PathBuf::from(&claim.path), vcs: claim.vcs };
-                    self.claims.lock().unwrap_or_else(|e| e.into_inner()).insert(claim.name.clone(), claim);
-                    return Some(candidate);
+                    return Some(Candidate { name: claim.name, path: PathBuf::from(&claim.path), vcs: claim.vcs });
                 }
                 Ok(None) => match queue::in_flight_elsewhere(self.db, self.worker) {
                     Ok(0) => return None,
