@@ -16,6 +16,7 @@ use std::{
 
 use anyhow::Result;
 use chrono::{DateTime, NaiveDate, Utc};
+use futures_util::TryStreamExt;
 use tokio_postgres::{Client, types::Type};
 
 use crate::{error::usage, snapshot::Vcs};
@@ -75,6 +76,40 @@ impl RefusedRow {
 pub struct FeedRead {
     pub rows: Vec<FeedRow>,
     pub refused: Vec<RefusedRow>,
+}
+
+/// Rows of the feed as they are read: validated, a name listed twice keeping its newest change.
+#[derive(Default)]
+struct Accumulator {
+    read: FeedRead,
+    seen: HashMap<String, usize>,
+}
+
+impl Accumulator {
+    fn push(&mut self, spec: &FeedSpec, row: &tokio_postgres::Row) {
+        let name: Option<String> = row.get(0);
+        let path: Option<String> = row.get(1);
+        let vcs: Option<String> = row.get(2);
+        let changed_at: Option<DateTime<Utc>> = row.get(3);
+        let storage: Option<String> = row.get(4);
+        let read = &mut self.read;
+        match spec.validate(name.as_deref(), path.as_deref(), vcs.as_deref(), changed_at) {
+            Ok((name, path, vcs, changed_at)) => {
+                let row = FeedRow { name, path, vcs, changed_at, storage };
+                match self.seen.get(&row.name) {
+                    Some(&i) if read.rows[i].changed_at >= row.changed_at => {}
+                    Some(&i) => read.rows[i] = row,
+                    None => {
+                        self.seen.insert(row.name.clone(), read.rows.len());
+                        read.rows.push(row);
+                    }
+                }
+            }
+            Err(reason) => {
+                read.refused.push(RefusedRow { name: name.unwrap_or_default(), path: path.unwrap_or_default(), reason })
+            }
+        }
+    }
 }
 
 /// A time before every change: what "since the beginning" is bound to (PostgreSQL's
@@ -153,42 +188,53 @@ impl FeedSpec {
     }
 
     /// Every row changed since `since`, validated.
+    /// The whole feed since `since`, validated (for a preview; a night queues it in batches).
     pub async fn read(&self, client: &Client, since: DateTime<Utc>) -> Result<FeedRead> {
-        let sql = self.wrapped();
-        let rows = if self.takes_since() {
-            client.query_typed(&sql, &[(&since, Type::TIMESTAMPTZ)]).await?
-        } else {
-            client.query_typed(&sql, &[]).await?
-        };
-        let mut read = FeedRead::default();
-        let mut seen: HashMap<String, usize> = HashMap::new();
-        for row in rows {
-            let name: Option<String> = row.get(0);
-            let path: Option<String> = row.get(1);
-            let vcs: Option<String> = row.get(2);
-            let changed_at: Option<DateTime<Utc>> = row.get(3);
-            let storage: Option<String> = row.get(4);
-            match self.validate(name.as_deref(), path.as_deref(), vcs.as_deref(), changed_at) {
-                Ok((name, path, vcs, changed_at)) => {
-                    let row = FeedRow { name, path, vcs, changed_at, storage };
-                    // A feed listing a name twice: the newest change wins.
-                    match seen.get(&row.name) {
-                        Some(&i) if read.rows[i].changed_at >= row.changed_at => {}
-                        Some(&i) => read.rows[i] = row,
-                        None => {
-                            seen.insert(row.name.clone(), read.rows.len());
-                            read.rows.push(row);
-                        }
-                    }
-                }
-                Err(reason) => read.refused.push(RefusedRow {
-                    name: name.unwrap_or_default(),
-                    path: path.unwrap_or_default(),
-                    reason,
-                }),
-            }
+        let params = self.params(since);
+        let mut rows =
+            std::pin::pin!(client.query_typed_raw(&self.wrapped(), params.iter().map(|(v, t)| (v, t.clone()))).await?);
+        let mut read = Accumulator::default();
+        while let Some(row) = rows.try_next().await? {
+            read.push(self, &row);
         }
-        Ok(read)
+        Ok(read.read)
+    }
+
+    /// The feed's rows, validated, handed to `on_batch` `batch` rows at a time through a
+    /// cursor of the caller's transaction: a first night reads the whole feed (a million rows
+    /// at a large forge), which is never held at once, and the batches can be queued on the
+    /// same connection between fetches (one server connection: nothing to wait for in a
+    /// pooler's pool). A name listed twice within a batch keeps its newest change (across
+    /// batches, queueing keeps the newest).
+    pub async fn read_batches(
+        &self,
+        client: &Client,
+        since: DateTime<Utc>,
+        batch: usize,
+        on_batch: &impl AsyncFn(FeedRead) -> Result<()>,
+    ) -> Result<()> {
+        let params = self.params(since);
+        let declare = format!("DECLARE repovault_feed NO SCROLL CURSOR FOR {}", self.wrapped());
+        client.query_typed(&declare, &params.iter().map(|(v, t)| (v as _, t.clone())).collect::<Vec<_>>()).await?;
+        let fetch = format!("FETCH FORWARD {batch} FROM repovault_feed");
+        loop {
+            let rows = client.query_typed(&fetch, &[]).await?;
+            if rows.is_empty() {
+                break;
+            }
+            let mut read = Accumulator::default();
+            for row in &rows {
+                read.push(self, row);
+            }
+            drop(rows);
+            on_batch(read.read).await?;
+        }
+        client.batch_execute("CLOSE repovault_feed").await?;
+        Ok(())
+    }
+
+    fn params(&self, since: DateTime<Utc>) -> Vec<(DateTime<Utc>, Type)> {
+        if self.takes_since() { vec![(since, Type::TIMESTAMPTZ)] } else { Vec::new() }
     }
 
     fn validate(

@@ -125,6 +125,7 @@ pub struct Refreshed {
 /// read the feed one after the other (the second then reads little).
 pub fn refresh(db: &Db, feed_db: Option<&Db>, spec: &FeedSpec, worker: Worker, margin: Duration) -> Result<Refreshed> {
     let key = feed::cursor_key(spec);
+    let totals = std::sync::Mutex::new(Refreshed::default());
     db.transaction("refreshing the queue from the feed", "", async |c| {
         c.query_typed("SELECT pg_advisory_xact_lock($1)", &[(&REFRESH_LOCK, Type::INT8)]).await?;
         let cursor: Option<DateTime<Utc>> = c
@@ -133,12 +134,36 @@ pub fn refresh(db: &Db, feed_db: Option<&Db>, spec: &FeedSpec, worker: Worker, m
             .first()
             .map(|r| r.get(0));
         let since = cursor.map_or_else(feed::beginning, |t| t - chrono::Duration::from_std(margin).unwrap_or_default());
-        let (read, watermark) = match feed_db {
-            Some(standby) => standby.call_async("reading the feed", async |s| read_on_standby(s, spec, since).await).await?,
-            None => read_on_primary(c, spec, since).await?,
+        *totals.lock().unwrap_or_else(|e| e.into_inner()) = Refreshed::default();
+        let queue_batch = async |read: FeedRead| -> Result<()> {
+            queue_rows(c, &read, margin).await.context("queueing the feed's rows")?;
+            record_refused(c, worker, &read.refused).await?;
+            let mut totals = totals.lock().unwrap_or_else(|e| e.into_inner());
+            totals.rows += read.rows.len();
+            totals.refused.extend(read.refused);
+            Ok(())
         };
-        queue_rows(c, &read, margin).await.context("queueing the feed's rows")?;
-        record_refused(c, worker, &read.refused).await?;
+        // The feed is read through a cursor in batches, each queued before the next is fetched:
+        // on the primary in this transaction; on a standby in a read-only transaction of its own.
+        let watermark = match feed_db {
+            None => {
+                let watermark = watermark_of(c, false).await?;
+                spec.read_batches(c, since, FEED_BATCH, &queue_batch).await?;
+                watermark
+            }
+            Some(standby) => {
+                standby
+                    .call_async("reading the feed", async |f| {
+                        *totals.lock().unwrap_or_else(|e| e.into_inner()) = Refreshed::default();
+                        f.batch_execute("BEGIN READ ONLY").await?;
+                        let watermark = watermark_of(f, true).await?;
+                        let read = spec.read_batches(f, since, FEED_BATCH, &queue_batch).await;
+                        let _ = f.batch_execute(if read.is_ok() { "COMMIT" } else { "ROLLBACK" }).await;
+                        read.map(|()| watermark)
+                    })
+                    .await?
+            }
+        };
         if let Some(watermark) = watermark {
             c.query_typed(
                 "INSERT INTO repovault.feed_cursor (feed, watermark) VALUES ($1, $2)
@@ -148,34 +173,24 @@ pub fn refresh(db: &Db, feed_db: Option<&Db>, spec: &FeedSpec, worker: Worker, m
             )
             .await?;
         }
-        Ok(Refreshed { rows: read.rows.len(), refused: read.refused })
+        Ok(std::mem::take(&mut *totals.lock().unwrap_or_else(|e| e.into_inner())))
     })
 }
 
-/// The feed on the primary: the watermark is this transaction's `now()`, taken before the
-/// feed statement's snapshot, so every change committed before it is in what is read.
-async fn read_on_primary(
-    c: &Client,
-    spec: &FeedSpec,
-    since: DateTime<Utc>,
-) -> Result<(FeedRead, Option<DateTime<Utc>>)> {
-    let now: DateTime<Utc> = c.query_typed("SELECT now()", &[]).await?[0].get(0);
-    Ok((spec.read(c, since).await?, Some(now)))
-}
+/// Rows of the feed queued per statement.
+const FEED_BATCH: usize = 10_000;
 
-/// The feed on a hot standby: the watermark is its last replayed commit time, read before
-/// the feed (whose snapshot then holds everything up to it); none right after the standby
-/// started, and then the cursor stays where it was. A lagging replica never hides a change.
-async fn read_on_standby(
-    s: &Client,
-    spec: &FeedSpec,
-    since: DateTime<Utc>,
-) -> Result<(FeedRead, Option<DateTime<Utc>>)> {
-    let replayed: Option<DateTime<Utc>> = s
-        .query_typed("SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_xact_replay_timestamp() ELSE now() END", &[])
-        .await?[0]
-        .get(0);
-    Ok((spec.read(s, since).await?, replayed))
+/// Where the cursor may move once the feed has been read on `f`, asked before the feed
+/// statement (whose snapshot then holds every change committed up to it). On the primary:
+/// its `now()`. On a hot standby: its last replayed commit time (none right after it
+/// started: the cursor then stays where it was), so a lagging replica never hides a change.
+async fn watermark_of(f: &Client, standby: bool) -> Result<Option<DateTime<Utc>>> {
+    let sql = if standby {
+        "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_xact_replay_timestamp() ELSE now() END"
+    } else {
+        "SELECT now()"
+    };
+    Ok(f.query_typed(sql, &[]).await?[0].get(0))
 }
 
 /// Queues the rows whose change the state does not hold yet. A snapshot taken less than
@@ -188,8 +203,9 @@ async fn queue_rows(c: &Client, read: &FeedRead, margin: Duration) -> Result<()>
         return Ok(());
     }
     let names: Vec<&str> = read.rows.iter().map(|r| r.name.as_str()).collect();
-    let paths: Vec<String> = read.rows.iter().map(|r| r.path.to_string_lossy().into_owned()).collect();
-    let vcs: Vec<String> = read.rows.iter().map(|r| r.vcs.to_string()).collect();
+    // Borrowed, not copied: a first night queues the whole feed. Paths came from text columns.
+    let paths: Vec<&str> = read.rows.iter().map(|r| r.path.to_str().unwrap_or_default()).collect();
+    let vcs: Vec<&str> = read.rows.iter().map(|r| if r.vcs == Vcs::Hg { "hg" } else { "git" }).collect();
     let storage: Vec<Option<&str>> = read.rows.iter().map(|r| r.storage.as_deref()).collect();
     let changed: Vec<DateTime<Utc>> = read.rows.iter().map(|r| r.changed_at).collect();
     c.query_typed(
