@@ -251,17 +251,7 @@ pub fn run(ctx: &Context, args: &RunArgs) -> Result<Outcome> {
                 bytes_stored += report.bytes_stored;
                 let rate = bytes_read as f64 / started.elapsed().as_secs_f64().max(0.001);
                 progress.set_message(format!("{} read, {}/s", human_bytes(bytes_read), human_bytes(rate as u64)));
-                tracing::info!(
-                    repo = result.name,
-                    result = "backed_up",
-                    snapshot = report.snapshot_id,
-                    objects = report.objects,
-                    bytes_read = report.bytes_read,
-                    bytes_stored = report.bytes_stored,
-                    attempts = result.attempts,
-                    seconds = result.duration.as_secs_f64(),
-                    "repository backed up"
-                );
+                log_backed_up(result, report);
             }
             scheduler::Outcome::Failed(error) => {
                 progress.suspend(|| output::repo_error(&result.name, error));
@@ -351,6 +341,21 @@ fn limiter(ctx: &Context, args: &RunArgs) -> Result<Option<RateLimiter>> {
         })
         .transpose()?
         .map(RateLimiter::new))
+}
+
+/// The JSON-log event of a repository backed up (one per result, naming it).
+fn log_backed_up(result: &scheduler::JobResult, report: &crate::backup::BackupReport) {
+    tracing::info!(
+        repo = result.name,
+        result = "backed_up",
+        snapshot = report.snapshot_id,
+        objects = report.objects,
+        bytes_read = report.bytes_read,
+        bytes_stored = report.bytes_stored,
+        attempts = result.attempts,
+        seconds = result.duration.as_secs_f64(),
+        "repository backed up"
+    );
 }
 
 fn print_result(ctx: &Context, args: &RunArgs, result: &RunResult) -> Result<()> {

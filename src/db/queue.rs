@@ -128,12 +128,7 @@ pub fn refresh(db: &Db, feed_db: Option<&Db>, spec: &FeedSpec, worker: Worker, m
     let totals = std::sync::Mutex::new(Refreshed::default());
     db.transaction("refreshing the queue from the feed", "", async |c| {
         c.query_typed("SELECT pg_advisory_xact_lock($1)", &[(&REFRESH_LOCK, Type::INT8)]).await?;
-        let cursor: Option<DateTime<Utc>> = c
-            .query_typed("SELECT watermark FROM repovault.feed_cursor WHERE feed = $1", &[(&key, Type::TEXT)])
-            .await?
-            .first()
-            .map(|r| r.get(0));
-        let since = cursor.map_or_else(feed::beginning, |t| t - chrono::Duration::from_std(margin).unwrap_or_default());
+        let since = since_cursor(c, &key, margin).await?;
         *totals.lock().unwrap_or_else(|e| e.into_inner()) = Refreshed::default();
         let queue_batch = async |read: FeedRead| -> Result<()> {
             queue_rows(c, &read, margin).await.context("queueing the feed's rows")?;
@@ -175,6 +170,17 @@ pub fn refresh(db: &Db, feed_db: Option<&Db>, spec: &FeedSpec, worker: Worker, m
         }
         Ok(std::mem::take(&mut *totals.lock().unwrap_or_else(|e| e.into_inner())))
     })
+}
+
+/// Where tonight's feed read starts: the cursor minus the margin, or the beginning of time
+/// when this feed has never been read.
+async fn since_cursor(c: &Client, key: &str, margin: Duration) -> Result<DateTime<Utc>> {
+    let cursor: Option<DateTime<Utc>> = c
+        .query_typed("SELECT watermark FROM repovault.feed_cursor WHERE feed = $1", &[(&key, Type::TEXT)])
+        .await?
+        .first()
+        .map(|r| r.get(0));
+    Ok(cursor.map_or_else(feed::beginning, |t| t - chrono::Duration::from_std(margin).unwrap_or_default()))
 }
 
 /// Rows of the feed queued per statement.
@@ -256,12 +262,7 @@ pub struct Preview {
 pub fn preview(db: &Db, feed_db: Option<&Db>, spec: &FeedSpec, margin: Duration) -> Result<Preview> {
     let key = feed::cursor_key(spec);
     db.transaction("previewing the night", "READ ONLY", async |c| {
-        let cursor: Option<DateTime<Utc>> = c
-            .query_typed("SELECT watermark FROM repovault.feed_cursor WHERE feed = $1", &[(&key, Type::TEXT)])
-            .await?
-            .first()
-            .map(|r| r.get(0));
-        let since = cursor.map_or_else(feed::beginning, |t| t - chrono::Duration::from_std(margin).unwrap_or_default());
+        let since = since_cursor(c, &key, margin).await?;
         let read = match feed_db {
             Some(standby) => standby.call_async("reading the feed", async |s| spec.read(s, since).await).await?,
             None => spec.read(c, since).await?,

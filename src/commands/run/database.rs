@@ -151,16 +151,7 @@ fn dry_run(db: &Db, feed_db: Option<&Db>, spec: &FeedSpec, margin: Duration) -> 
 /// What a job thread says about each repository as it ends.
 fn report(result: &JobResult) {
     match &result.outcome {
-        scheduler::Outcome::BackedUp(report) => tracing::info!(
-            repo = result.name,
-            result = "backed_up",
-            snapshot = report.snapshot_id,
-            bytes_read = report.bytes_read,
-            bytes_stored = report.bytes_stored,
-            attempts = result.attempts,
-            seconds = result.duration.as_secs_f64(),
-            "repository backed up"
-        ),
+        scheduler::Outcome::BackedUp(report) => super::log_backed_up(result, report),
         scheduler::Outcome::Unchanged(_) => tracing::info!(repo = result.name, result = "unchanged", "unchanged"),
         scheduler::Outcome::NotBackedUp(why) => output::repo_notice(&result.name, &format!("not backed up: {why}")),
         scheduler::Outcome::Failed(error) => output::repo_error(&result.name, error),
