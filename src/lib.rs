@@ -12,6 +12,7 @@ pub mod error;
 pub mod memory;
 pub mod name;
 pub mod output;
+pub mod retention;
 pub mod scheduler;
 pub mod snapshot;
 pub mod source;
