@@ -53,6 +53,22 @@ pub struct Config {
     pub quiet: Option<bool>,
     /// `-v` by default: how many (0 to 2).
     pub verbose: Option<u8>,
+    /// The retention policy `prune` uses when no `--keep-*` flag is given (a `[prune]` table).
+    pub prune: Option<PrunePolicy>,
+}
+
+/// The `[prune]` table: the same rules as `prune`'s `--keep-*` flags.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrunePolicy {
+    pub keep_last: Option<u32>,
+    pub keep_hourly: Option<u32>,
+    pub keep_daily: Option<u32>,
+    pub keep_weekly: Option<u32>,
+    pub keep_monthly: Option<u32>,
+    pub keep_yearly: Option<u32>,
+    /// A duration such as `30d` or `1y` (see `retention::parse_within`).
+    pub keep_within: Option<String>,
 }
 
 impl Config {
@@ -119,5 +135,14 @@ mod tests {
         let text = "bogus_key = 1\nstoer = \"/x\"\njobs = 2\n";
         assert_eq!(unknown_keys(text), Some(vec!["`bogus_key`".to_owned(), "`stoer`".to_owned()]));
         assert_eq!(unknown_keys("jobs = \"not a number\"\nstore = \"/x\"\n"), None);
+    }
+
+    #[test]
+    fn a_prune_table_holds_the_retention_policy() {
+        let config: Config = toml::from_str("[prune]\nkeep_daily = 7\nkeep_within = \"2d\"\n").unwrap();
+        let policy = config.prune.unwrap();
+        assert_eq!((policy.keep_daily, policy.keep_last), (Some(7), None));
+        assert_eq!(policy.keep_within.as_deref(), Some("2d"));
+        assert!(toml::from_str::<Config>("[prune]\nkeep_dayly = 7\n").is_err());
     }
 }

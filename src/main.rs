@@ -54,6 +54,9 @@ enum Command {
     Lag(commands::lag::LagArgs),
     /// Drop snapshots (a damaged one, or one not wanted); later snapshots chained to it say so.
     Forget(commands::forget::ForgetArgs),
+    /// Apply a retention policy: which snapshots would be forgotten, what would be freed
+    /// (only --dry-run in this version).
+    Prune(commands::prune::PruneArgs),
     /// Create or upgrade the PostgreSQL tables of the change feed and the scheduler.
     Migrate(commands::migrate::MigrateArgs),
 }
@@ -93,6 +96,7 @@ fn main() -> ExitCode {
         Command::Run(args) => commands::run::run(&ctx, args),
         Command::Lag(args) => commands::lag::run(&ctx, args),
         Command::Forget(args) => commands::forget::run(&ctx, args),
+        Command::Prune(args) => commands::prune::run(&ctx, args),
         Command::Migrate(args) => commands::migrate::run(&ctx, args),
     };
     match result {

@@ -411,7 +411,8 @@ mod tests {
         assert_eq!(kept(&policy, &DAYS), ["2026-01-05T10:00:00Z", "2026-01-04T10:00:00Z"]);
         assert_eq!(reasons_of(&policy, &DAYS, "2026-01-05T10:00:00Z"), ["latest", "last", "daily", "weekly"]);
         assert_eq!(reasons_of(&policy, &DAYS, "2026-01-04T10:00:00Z"), ["daily", "weekly"]);
-        let policy = Policy { keep_last: 1, keep_monthly: 1, keep_within: Some(Duration::hours(30)), ..Policy::default() };
+        let policy =
+            Policy { keep_last: 1, keep_monthly: 1, keep_within: Some(Duration::hours(30)), ..Policy::default() };
         // last + monthly: Jan 5; within 30h of Jan 5 10:00: Jan 4 10:00 (24h before).
         assert_eq!(kept(&policy, &DAYS), ["2026-01-05T10:00:00Z", "2026-01-04T10:00:00Z"]);
     }

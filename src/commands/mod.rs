@@ -7,6 +7,7 @@ pub mod forget;
 pub mod init;
 pub mod lag;
 pub mod migrate;
+pub mod prune;
 pub mod restore;
 pub mod run;
 pub mod snapshots;

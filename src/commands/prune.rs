@@ -1,0 +1,336 @@
+//! `repovault prune`: apply a retention policy to every repository (or the ones named).
+//!
+//! This version only plans: `--dry-run` is required, and the store is only read. For each
+//! repository it lists the snapshots the policy keeps (with the rules that keep them) and
+//! those it would forget, and it counts the bytes a prune would free.
+//!
+//! Snapshots are incremental: a snapshot's data is only complete together with its parent
+//! chain. So a forgotten snapshot that a kept snapshot chains to keeps its data ("forgotten,
+//! but its data stays"); only the rest is data a prune could free. Chunks are shared across
+//! repositories (content addressing), so a chunk counts as freed only when no snapshot of
+//! any repository that stays (kept, or needed by a kept chain) names it. Damaged manifests
+//! are named and skipped, as `snapshots` does; what they name cannot be known, so the
+//! byte count is then an upper bound and says so.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use anyhow::Result;
+use clap::Args;
+use serde_json::json;
+
+use super::{Context, Outcome, StoreArg, snapshots::display_time};
+use crate::{
+    config::PrunePolicy,
+    error::usage,
+    output,
+    retention::{self, Candidate, Policy, Reason},
+    store::{DamagedSnapshot, Store, StoredSnapshot},
+};
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    pub store: StoreArg,
+    /// Only these repositories (default: every repository in the store).
+    pub names: Vec<String>,
+    /// Keep the N newest snapshots.
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<u32>,
+    /// Keep the newest snapshot of each of the last N hours (UTC) that have snapshots.
+    #[arg(long, value_name = "N")]
+    pub keep_hourly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N days (UTC) that have snapshots.
+    #[arg(long, value_name = "N")]
+    pub keep_daily: Option<u32>,
+    /// Keep the newest snapshot of each of the last N ISO weeks (Monday, UTC) that have snapshots.
+    #[arg(long, value_name = "N")]
+    pub keep_weekly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N months (UTC) that have snapshots.
+    #[arg(long, value_name = "N")]
+    pub keep_monthly: Option<u32>,
+    /// Keep the newest snapshot of each of the last N years (UTC) that have snapshots.
+    #[arg(long, value_name = "N")]
+    pub keep_yearly: Option<u32>,
+    /// Keep every snapshot newer than the repository's newest snapshot minus DURATION
+    /// (`30d`, `36h`, `2w`, `1y`; `m` is minutes).
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within: Option<String>,
+    /// Only say what would be forgotten and freed; change nothing. Required in this version.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print one JSON object instead of lines for people.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A snapshot the policy forgets, and the kept snapshots whose chains still need its data
+/// (oldest first; empty when its data could be freed).
+struct Forgotten {
+    snapshot: Candidate,
+    data_kept_for: Vec<String>,
+}
+
+/// The plan for one repository.
+struct RepoPlan {
+    repo: String,
+    keep: Vec<(Candidate, Vec<Reason>)>,
+    forget: Vec<Forgotten>,
+}
+
+pub fn run(ctx: &Context, args: &PruneArgs) -> Result<Outcome> {
+    if !args.dry_run {
+        return Err(usage("prune can only --dry-run in this version: deleting is not built yet"));
+    }
+    let policy = policy_of(args, ctx.config.prune.as_ref())?;
+    policy.check()?;
+    for name in &args.names {
+        crate::name::validate(name)?;
+    }
+    let store = ctx.open_store(&args.store)?;
+    for name in &args.names {
+        if store.snapshot_entries(Some(name))?.is_empty() {
+            return Err(usage(format!("repository {name}: not in store {}", store.location())));
+        }
+    }
+    let (readable, damaged) = store.snapshots_and_damage(None)?;
+    let by_repo = group_by_repo(&readable);
+    let selected: Vec<&str> = if args.names.is_empty() {
+        by_repo.keys().copied().collect()
+    } else {
+        args.names.iter().map(String::as_str).filter(|n| by_repo.contains_key(n)).collect()
+    };
+    let plans: Vec<RepoPlan> = selected.iter().map(|repo| plan_repo(&policy, repo, &by_repo[repo])).collect();
+    let bytes_freed = bytes_freed(&store, &readable, &plans)?;
+    let unreadable_anywhere = damaged.len();
+    let damaged: Vec<&DamagedSnapshot> = damaged
+        .iter()
+        .filter(|d| args.names.is_empty() || d.repo.as_ref().is_some_and(|r| args.names.contains(r)))
+        .collect();
+    if args.json {
+        print_json(&plans, bytes_freed)?;
+    } else {
+        print_lines(&plans, bytes_freed)?;
+    }
+    for d in &damaged {
+        report_damaged(&store, d);
+    }
+    if unreadable_anywhere > 0 {
+        output::notice(&format!(
+            "bytes that would be freed are an upper bound: {unreadable_anywhere} damaged snapshot manifest(s) in the \
+             store could not be read, and data they name was counted as unused"
+        ));
+    }
+    Ok(if damaged.is_empty() { Outcome::Done } else { Outcome::PartlyFailed })
+}
+
+/// The policy from the flags when any `--keep-*` flag is given (the config's `[prune]` table
+/// is then ignored whole, so a command line says everything it does), else from the config.
+fn policy_of(args: &PruneArgs, config: Option<&PrunePolicy>) -> Result<Policy> {
+    let flags = PrunePolicy {
+        keep_last: args.keep_last,
+        keep_hourly: args.keep_hourly,
+        keep_daily: args.keep_daily,
+        keep_weekly: args.keep_weekly,
+        keep_monthly: args.keep_monthly,
+        keep_yearly: args.keep_yearly,
+        keep_within: args.keep_within.clone(),
+    };
+    let any_flag = [flags.keep_last, flags.keep_hourly, flags.keep_daily, flags.keep_weekly]
+        .into_iter()
+        .chain([flags.keep_monthly, flags.keep_yearly])
+        .any(|n| n.is_some())
+        || flags.keep_within.is_some();
+    let chosen = if any_flag { &flags } else { config.unwrap_or(&flags) };
+    let keep_within = chosen
+        .keep_within
+        .as_deref()
+        .map(|text| {
+            retention::parse_within(text)
+                .map_err(|e| if any_flag { e } else { usage(format!("config file, [prune] keep_within: {e}")) })
+        })
+        .transpose()?;
+    Ok(Policy {
+        keep_last: chosen.keep_last.unwrap_or(0),
+        keep_hourly: chosen.keep_hourly.unwrap_or(0),
+        keep_daily: chosen.keep_daily.unwrap_or(0),
+        keep_weekly: chosen.keep_weekly.unwrap_or(0),
+        keep_monthly: chosen.keep_monthly.unwrap_or(0),
+        keep_yearly: chosen.keep_yearly.unwrap_or(0),
+        keep_within,
+    })
+}
+
+fn group_by_repo(readable: &[StoredSnapshot]) -> BTreeMap<&str, Vec<&StoredSnapshot>> {
+    let mut by_repo: BTreeMap<&str, Vec<&StoredSnapshot>> = BTreeMap::new();
+    for s in readable {
+        by_repo.entry(s.snapshot.repo.as_str()).or_default().push(s);
+    }
+    by_repo
+}
+
+/// Applies the policy to one repository and finds, for each forgotten snapshot, the kept
+/// snapshots whose parent chains pass through it.
+fn plan_repo(policy: &Policy, repo: &str, snapshots: &[&StoredSnapshot]) -> RepoPlan {
+    let candidates: Vec<Candidate> =
+        snapshots.iter().map(|s| Candidate { id: s.id.clone(), created_at: s.snapshot.created_at }).collect();
+    let decision = retention::apply(policy, &candidates);
+    let parents: HashMap<&str, Option<&str>> =
+        snapshots.iter().map(|s| (s.id.as_str(), s.snapshot.parent.as_deref())).collect();
+    let forgotten: HashSet<&str> = decision.forget.iter().map(|c| c.id.as_str()).collect();
+    let mut needed_by: HashMap<&str, Vec<String>> = HashMap::new();
+    // Kept snapshots oldest first, so each forgotten snapshot lists its nearest kept
+    // descendant first.
+    for (kept, _) in decision.keep.iter().rev() {
+        for ancestor in ancestors(&parents, &kept.id) {
+            if forgotten.contains(ancestor) {
+                needed_by.entry(ancestor).or_default().push(kept.id.clone());
+            }
+        }
+    }
+    let forget = decision
+        .forget
+        .iter()
+        .map(|c| Forgotten { snapshot: c.clone(), data_kept_for: needed_by.remove(c.id.as_str()).unwrap_or_default() })
+        .collect();
+    RepoPlan { repo: repo.to_owned(), keep: decision.keep, forget }
+}
+
+/// The readable ancestors of `id` along its parent chain, nearest first; stops at a full
+/// snapshot, a missing or damaged parent, or a cycle (only a forged store has one).
+fn ancestors<'a>(parents: &HashMap<&'a str, Option<&'a str>>, id: &str) -> Vec<&'a str> {
+    let mut found = Vec::new();
+    let mut current = parents.get(id).copied().flatten();
+    while let Some(parent) = current {
+        if found.contains(&parent) || !parents.contains_key(parent) {
+            break;
+        }
+        found.push(parent);
+        current = parents.get(parent).copied().flatten();
+    }
+    found
+}
+
+/// The objects a snapshot's packs name (pack data and index chunks).
+fn chunks_of(snapshot: &StoredSnapshot) -> impl Iterator<Item = &str> {
+    snapshot.snapshot.packs.iter().flat_map(|p| p.pack.chunks.iter().chain(&p.index.chunks)).map(String::as_str)
+}
+
+/// Bytes of the store's object files named only by snapshots whose data no one needs: the
+/// forgotten snapshots no kept chain passes through. Every other readable snapshot, of any
+/// repository, keeps what it names.
+fn bytes_freed(store: &Store, readable: &[StoredSnapshot], plans: &[RepoPlan]) -> Result<u64> {
+    let releasable: HashSet<&str> = plans
+        .iter()
+        .flat_map(|p| &p.forget)
+        .filter(|f| f.data_kept_for.is_empty())
+        .map(|f| f.snapshot.id.as_str())
+        .collect();
+    let still_named: HashSet<&str> =
+        readable.iter().filter(|s| !releasable.contains(s.id.as_str())).flat_map(chunks_of).collect();
+    let freed: HashSet<&str> = readable
+        .iter()
+        .filter(|s| releasable.contains(s.id.as_str()))
+        .flat_map(chunks_of)
+        .filter(|c| !still_named.contains(c))
+        .collect();
+    let mut total = 0;
+    for chunk in freed {
+        total += object_size(store, chunk)?;
+    }
+    Ok(total)
+}
+
+/// Bytes an object takes in the store (its file, as stored: compressed or not); 0 for an
+/// object already missing (`verify` reports those).
+fn object_size(store: &Store, id: &str) -> Result<u64> {
+    if id.len() < 2 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(0);
+    }
+    let file = store.file_location(&format!("objects/{}/{id}", &id[..2]));
+    match std::fs::metadata(&file) {
+        Ok(meta) => Ok(meta.len()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("store {}: reading the size of {file}", store.location()))),
+    }
+}
+
+fn reasons_text(reasons: &[Reason]) -> Vec<String> {
+    reasons.iter().map(|r| r.label()).collect()
+}
+
+fn print_json(plans: &[RepoPlan], bytes_freed: u64) -> Result<()> {
+    let repos: Vec<_> = plans
+        .iter()
+        .map(|plan| {
+            let keep: Vec<_> = plan
+                .keep
+                .iter()
+                .map(|(c, why)| json!({"id": c.id, "created_at": display_time(&c.created_at), "reasons": reasons_text(why)}))
+                .collect();
+            let forget: Vec<_> = plan
+                .forget
+                .iter()
+                .map(|f| {
+                    json!({
+                        "id": f.snapshot.id,
+                        "created_at": display_time(&f.snapshot.created_at),
+                        "data_kept_for": f.data_kept_for,
+                    })
+                })
+                .collect();
+            json!({"repo": plan.repo, "keep": keep, "forget": forget})
+        })
+        .collect();
+    let forgotten: usize = plans.iter().map(|p| p.forget.len()).sum();
+    output::json(&json!({
+        "dry_run": true,
+        "repos": repos,
+        "bytes_freed": bytes_freed,
+        "snapshots_forgotten": forgotten,
+    }))
+}
+
+fn print_lines(plans: &[RepoPlan], bytes_freed: u64) -> Result<()> {
+    for plan in plans {
+        output::line(&format!("{}: keep {}, forget {}", plan.repo, plan.keep.len(), plan.forget.len()))?;
+        for (c, why) in &plan.keep {
+            output::line(&format!(
+                "  keep    {}  {}  ({})",
+                c.id,
+                display_time(&c.created_at),
+                reasons_text(why).join(", ")
+            ))?;
+        }
+        for f in &plan.forget {
+            let mut row = format!("  forget  {}  {}", f.snapshot.id, display_time(&f.snapshot.created_at));
+            if let Some(nearest) = f.data_kept_for.first() {
+                let more = match f.data_kept_for.len() - 1 {
+                    0 => String::new(),
+                    n => format!(" (and {n} more kept snapshot{})", if n > 1 { "s" } else { "" }),
+                };
+                row.push_str(&format!("  forgotten, but its data stays: kept snapshot {nearest}{more} chains to it"));
+            }
+            output::line(&row)?;
+        }
+    }
+    let forgotten: usize = plans.iter().map(|p| p.forget.len()).sum();
+    output::line(&format!(
+        "dry run: would forget {forgotten} snapshot{} of {} repositor{} and free {bytes_freed} bytes; nothing was changed",
+        if forgotten == 1 { "" } else { "s" },
+        plans.len(),
+        if plans.len() == 1 { "y" } else { "ies" },
+    ))
+}
+
+/// One error line per damaged manifest, as `snapshots` names them.
+fn report_damaged(store: &Store, damaged: &DamagedSnapshot) {
+    output::repo_error(
+        &damaged.repo_label(),
+        &format!(
+            "snapshot {} is damaged and was skipped: {} (file {})",
+            damaged.entry.id,
+            damaged.reason(),
+            store.file_location(&damaged.entry.path)
+        ),
+    );
+}
