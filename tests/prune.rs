@@ -49,7 +49,7 @@ fn prune_without_dry_run_is_refused_and_deletes_nothing() {
 }
 
 #[test]
-fn a_policy_that_keeps_nothing_is_refused() {
+fn a_policy_that_keeps_nothing_or_a_bad_duration_is_refused() {
     let env = Env::new();
     env.init_store();
     nightly_backups(&env, "app", 1);
@@ -58,6 +58,9 @@ fn a_policy_that_keeps_nothing_is_refused() {
         assert_eq!(code(&out), 2, "{args:?}: {}", stderr(&out));
         assert!(stderr(&out).contains("keeps nothing"), "{}", stderr(&out));
     }
+    let out = env.rv(&["prune", "--dry-run", "--keep-within", "2 weeks"]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("--keep-within 2 weeks"), "{}", stderr(&out));
 }
 
 #[test]

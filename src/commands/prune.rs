@@ -334,3 +334,76 @@ fn report_damaged(store: &Store, damaged: &DamagedSnapshot) {
         ),
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        snapshot::{PackRecord, Snapshot, Vcs},
+        store::chunker::ChunkList,
+    };
+
+    /// A full snapshot of `repo` made at `hour` naming `chunks` as its one pack.
+    fn full_snapshot(repo: &str, hour: u32, chunks: &[&str]) -> Snapshot {
+        let created_at = chrono::DateTime::parse_from_rfc3339(&format!("2026-01-01T{hour:02}:00:00Z")).unwrap().into();
+        let list = ChunkList { size: 0, chunks: chunks.iter().map(|c| (*c).to_owned()).collect() };
+        Snapshot {
+            repo: repo.into(),
+            vcs: Vcs::Git,
+            created_at,
+            source_changed_at: created_at,
+            source_fingerprint: None,
+            parent: None,
+            head: None,
+            head_detached: None,
+            refs: Default::default(),
+            symbolic_refs: Default::default(),
+            object_format: "sha1".into(),
+            packs: vec![PackRecord {
+                checksum: "c".into(),
+                objects: 1,
+                pack: list,
+                index: ChunkList { size: 0, chunks: Vec::new() },
+                thin: false,
+            }],
+            source_path: "/src".into(),
+            hostname: "h".into(),
+            tool_version: "t".into(),
+        }
+    }
+
+    #[test]
+    fn only_chunks_no_remaining_snapshot_of_any_repository_names_are_freed() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = dir.path().join("store").to_string_lossy().into_owned();
+        Store::init(&location).unwrap();
+        let store = Store::open(&location).unwrap();
+        let mut put = |data: &[u8]| {
+            let id = crate::store::hash_hex(data);
+            store.put_object(&id, data).unwrap();
+            id
+        };
+        let (shared, only_old, new) = (put(&[1; 100]), put(&[2; 3000]), put(&[3; 50]));
+        store.write_snapshot(&full_snapshot("x", 1, &[&shared, &only_old])).unwrap();
+        store.write_snapshot(&full_snapshot("x", 2, &[&new])).unwrap();
+        // Another repository names the shared chunk: it stays.
+        store.write_snapshot(&full_snapshot("y", 1, &[&shared])).unwrap();
+        let (readable, _) = store.snapshots_and_damage(None).unwrap();
+        let by_repo = group_by_repo(&readable);
+        let policy = Policy { keep_last: 1, ..Policy::default() };
+        let plan = plan_repo(&policy, "x", &by_repo["x"]);
+        assert_eq!(plan.forget.len(), 1);
+        assert!(plan.forget[0].data_kept_for.is_empty());
+        let freed = bytes_freed(&store, &readable, &[plan]).unwrap();
+        assert_eq!(freed, object_size(&store, &only_old).unwrap());
+        assert!(freed > 0);
+    }
+
+    #[test]
+    fn ancestors_stop_at_a_missing_parent_and_at_cycles() {
+        let parents: HashMap<&str, Option<&str>> =
+            [("c", Some("b")), ("b", Some("a")), ("a", Some("gone")), ("x", Some("y")), ("y", Some("x"))].into();
+        assert_eq!(ancestors(&parents, "c"), ["b", "a"]);
+        assert_eq!(ancestors(&parents, "x"), ["y", "x"]);
+    }
+}
