@@ -378,7 +378,7 @@ mod tests {
         let location = dir.path().join("store").to_string_lossy().into_owned();
         Store::init(&location).unwrap();
         let store = Store::open(&location).unwrap();
-        let mut put = |data: &[u8]| {
+        let put = |data: &[u8]| {
             let id = crate::store::hash_hex(data);
             store.put_object(&id, data).unwrap();
             id
