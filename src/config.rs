@@ -116,12 +116,14 @@ fn unknown_keys(text: &str) -> Option<Vec<String>> {
     let table: toml::Table = toml::from_str(text).ok()?;
     let unknown: Vec<String> = table
         .into_iter()
-        .filter(|(key, value)| {
+        .filter_map(|(key, value)| {
             let mut alone = toml::Table::new();
-            alone.insert(key.clone(), value.clone());
-            alone.try_into::<Config>().is_err_and(|e| e.to_string().contains("unknown field"))
+            alone.insert(key.clone(), value);
+            let error = alone.try_into::<Config>().err()?.to_string();
+            // "unknown field `x`": the key itself, or one inside a table such as [prune].
+            let field = error.split("unknown field `").nth(1)?.split('`').next()?.to_owned();
+            Some(if field == key { format!("`{key}`") } else { format!("`{key}.{field}`") })
         })
-        .map(|(key, _)| format!("`{key}`"))
         .collect();
     (!unknown.is_empty()).then_some(unknown)
 }
@@ -135,6 +137,7 @@ mod tests {
         let text = "bogus_key = 1\nstoer = \"/x\"\njobs = 2\n";
         assert_eq!(unknown_keys(text), Some(vec!["`bogus_key`".to_owned(), "`stoer`".to_owned()]));
         assert_eq!(unknown_keys("jobs = \"not a number\"\nstore = \"/x\"\n"), None);
+        assert_eq!(unknown_keys("[prune]\nkeep_lsat = 3\n"), Some(vec!["`prune.keep_lsat`".to_owned()]));
     }
 
     #[test]
