@@ -71,6 +71,9 @@ pub struct PrunePolicy {
     pub keep_within: Option<String>,
 }
 
+/// How long a dropped database connection is retried by default.
+pub const DEFAULT_DATABASE_RETRY: std::time::Duration = std::time::Duration::from_secs(120);
+
 impl Config {
     /// Reads the file named by `--config` or `REPOVAULT_CONFIG`; no file is an empty config.
     pub fn load(path: Option<&Path>) -> Result<Config> {
@@ -100,6 +103,11 @@ impl Config {
             .map(|v| crate::throttle::parse_duration(v).map_err(|e| usage(format!("config key {key}: {e}"))))
             .transpose()
             .map(|d| d.unwrap_or(default))
+    }
+
+    /// How long a dropped database connection is retried (config key `database_retry`).
+    pub fn database_retry(&self) -> Result<std::time::Duration> {
+        Config::duration("database_retry", self.database_retry.as_deref(), DEFAULT_DATABASE_RETRY)
     }
 
     /// The store from the flag/env value, else from the file, else a usage error.

@@ -95,7 +95,7 @@ pub fn run(ctx: &Context, args: &LagArgs) -> Result<Outcome> {
     let max_lag = max_lag_seconds(args.max_lag.as_deref(), &ctx.config)?;
     let prometheus = args.prometheus.as_ref().or(ctx.config.prometheus.as_ref());
     if let Some(url) = args.feed.database_url(&ctx.config) {
-        let report = measure_database(ctx, url, max_lag)?;
+        let report = measure_database(&db::feed::FeedSource::open(&ctx.config, url)?, max_lag)?;
         // Only the last run's record is read from the store, for the metrics file.
         if let Some(path) = prometheus {
             let last_run = ctx.open_store(&args.store).ok().and_then(|store| last_run(&store));
@@ -150,24 +150,9 @@ fn print_report(args: &LagArgs, report: &LagReport) -> Result<Outcome> {
 /// Lag of every repository the database's feed knows, from the scheduler's state: one query
 /// (see `db::lag`), no store reads. Names the feed gives that are refused, and Mercurial
 /// repositories, are listed as not backed up.
-fn measure_database(ctx: &Context, url: &str, max_lag: Option<i64>) -> Result<LagReport> {
-    let retry = crate::config::Config::duration(
-        "database_retry",
-        ctx.config.database_retry.as_deref(),
-        super::migrate::DEFAULT_RETRY,
-    )?;
-    let db = db::Db::connect(url, "database URL (--database-url, DATABASE_URL or config key database_url)", retry)?;
-    db::migrate::check(&db)?;
-    let feed_db = ctx
-        .config
-        .feed_database_url
-        .as_deref()
-        .map(|url| db::Db::connect(url, "config key feed_database_url", retry))
-        .transpose()?;
-    let mut spec = db::feed::FeedSpec::new(&ctx.config)?;
-    spec.has_storage = feed_db.as_ref().unwrap_or(&db).call("checking the feed", async |c| spec.probe(c).await)?;
+fn measure_database(source: &db::feed::FeedSource, max_lag: Option<i64>) -> Result<LagReport> {
     let mut sink = DatabaseLags::default();
-    db::lag::measure(&db, feed_db.as_ref(), &spec, &mut sink)?;
+    db::lag::measure(&source.db, source.feed_db.as_ref(), &source.spec, &mut sink)?;
     let DatabaseLags { mut repos, not_backed_up } = sink;
     let mut lags: Vec<i64> = repos.iter().map(|r| r.lag_seconds).collect();
     lags.sort_unstable();
@@ -253,9 +238,15 @@ fn last_run(store: &Store) -> Option<RunRecord> {
 }
 
 /// `update_prometheus` for a night driven by the database.
-pub fn update_prometheus_database(ctx: &Context, url: &str, store: &Store, path: &std::path::Path) -> Result<()> {
+/// `source` is the night's own connections: no second connection for the figures.
+pub fn update_prometheus_database(
+    ctx: &Context,
+    source: &db::feed::FeedSource,
+    store: &Store,
+    path: &std::path::Path,
+) -> Result<()> {
     let max_lag = max_lag_seconds(None, &ctx.config)?;
-    let report = measure_database(ctx, url, max_lag)?;
+    let report = measure_database(source, max_lag)?;
     write_prometheus(path, &report, last_run(store).as_ref())
 }
 

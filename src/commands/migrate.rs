@@ -17,8 +17,7 @@ pub fn run(ctx: &Context, args: &MigrateArgs) -> Result<Outcome> {
     let url = args.database_url.as_ref().or(ctx.config.database_url.as_ref()).ok_or_else(|| {
         usage("no database given: pass --database-url, set DATABASE_URL, or set `database_url` in the config file")
     })?;
-    let retry = crate::config::Config::duration("database_retry", ctx.config.database_retry.as_deref(), DEFAULT_RETRY)?;
-    let db = db::Db::connect(url, "database URL", retry)?;
+    let db = db::Db::connect(url, "database URL", ctx.config.database_retry()?)?;
     let applied = db::migrate::migrate(&db)?;
     if applied.is_empty() {
         output::line(&format!("schema up to date at version {}", db::migrate::latest_version()))?;
@@ -28,6 +27,3 @@ pub fn run(ctx: &Context, args: &MigrateArgs) -> Result<Outcome> {
     }
     Ok(Outcome::Done)
 }
-
-/// How long a dropped connection is retried by default (config key `database_retry`).
-pub const DEFAULT_RETRY: std::time::Duration = std::time::Duration::from_secs(120);

@@ -78,6 +78,33 @@ pub struct FeedRead {
     pub refused: Vec<RefusedRow>,
 }
 
+/// What a night or a lag report reads from: the primary (claims, state), the feed's own
+/// database when it is another (a hot standby), and the feed checked against it.
+pub struct FeedSource {
+    pub db: super::Db,
+    pub feed_db: Option<super::Db>,
+    pub spec: FeedSpec,
+}
+
+impl FeedSource {
+    /// Connects to `url` and to the config's `feed_database_url`, refuses a database that is
+    /// not migrated, and probes the feed (usage errors, exit 2, for all of it).
+    pub fn open(config: &crate::config::Config, url: &str) -> Result<FeedSource> {
+        let retry = config.database_retry()?;
+        let db =
+            super::Db::connect(url, "database URL (--database-url, DATABASE_URL or config key database_url)", retry)?;
+        super::migrate::check(&db)?;
+        let feed_db = config
+            .feed_database_url
+            .as_deref()
+            .map(|url| super::Db::connect(url, "config key feed_database_url", retry))
+            .transpose()?;
+        let mut spec = FeedSpec::new(config)?;
+        spec.has_storage = feed_db.as_ref().unwrap_or(&db).call("checking the feed", async |c| spec.probe(c).await)?;
+        Ok(FeedSource { db, feed_db, spec })
+    }
+}
+
 /// Rows of the feed as they are read: validated, a name listed twice keeping its newest change.
 #[derive(Default)]
 struct Accumulator {

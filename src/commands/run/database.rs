@@ -23,8 +23,8 @@ use super::{Context, Outcome, RETRY_DELAYS, RepoFailure, RunArgs, RunResult, pri
 use crate::{
     config::Config,
     db::{
-        self, DatabaseDown, Db,
-        feed::FeedSpec,
+        DatabaseDown, Db,
+        feed::{FeedSource, FeedSpec},
         queue::{self, Claim, ClaimRules, Finished, Heartbeat, NightSummary, Worker},
     },
     error::usage,
@@ -41,7 +41,6 @@ const DEFAULT_LEASE: Duration = Duration::from_secs(300);
 struct Settings {
     margin: Duration,
     rules: ClaimRules,
-    retry: Duration,
 }
 
 impl Settings {
@@ -59,11 +58,6 @@ impl Settings {
         Ok(Settings {
             margin: Config::duration("feed_margin", config.feed_margin.as_deref(), DEFAULT_MARGIN)?,
             rules: ClaimRules { lease, jobs_per_storage },
-            retry: Config::duration(
-                "database_retry",
-                config.database_retry.as_deref(),
-                crate::commands::migrate::DEFAULT_RETRY,
-            )?,
         })
     }
 }
@@ -75,31 +69,21 @@ pub fn run(ctx: &Context, args: &RunArgs, url: &str) -> Result<Outcome> {
     let jobs = super::jobs(ctx, args)?;
     let limiter = super::limiter(ctx, args)?;
     let store = ctx.open_store(&args.store)?;
-    let db =
-        Db::connect(url, "database URL (--database-url, DATABASE_URL or config key database_url)", settings.retry)?;
-    db::migrate::check(&db)?;
-    let feed_db = ctx
-        .config
-        .feed_database_url
-        .as_deref()
-        .map(|url| Db::connect(url, "config key feed_database_url", settings.retry))
-        .transpose()?;
-    let mut spec = FeedSpec::new(&ctx.config)?;
-    let feed_side = feed_db.as_ref().unwrap_or(&db);
-    spec.has_storage = feed_side.call("checking the feed", async |c| spec.probe(c).await)?;
+    let feed = FeedSource::open(&ctx.config, url)?;
+    let (db, spec) = (&feed.db, &feed.spec);
 
     if args.dry_run {
-        return dry_run(&db, feed_db.as_ref(), &spec, settings.margin);
+        return dry_run(db, feed.feed_db.as_ref(), spec, settings.margin);
     }
-    let worker = queue::join_night(&db, settings.rules.lease)?;
-    let heartbeat = Heartbeat::start(&db, worker, settings.rules.lease);
-    let refreshed = queue::refresh(&db, feed_db.as_ref(), &spec, worker, settings.margin)?;
+    let worker = queue::join_night(db, settings.rules.lease)?;
+    let heartbeat = Heartbeat::start(db, worker, settings.rules.lease);
+    let refreshed = queue::refresh(db, feed.feed_db.as_ref(), spec, worker, settings.margin)?;
     tracing::info!(night = worker.night_id, worker = worker.worker_id, feed_rows = refreshed.rows, "queue refreshed");
     for refused in &refreshed.refused {
         output::repo_error(&refused.name, &format!("feed row refused: {}", refused.why()));
     }
 
-    let source = DbWork::new(&db, worker, settings.rules);
+    let source = DbWork::new(db, worker, settings.rules);
     let options = ExecOptions { jobs, limiter: limiter.as_ref(), retry_delays: RETRY_DELAYS.to_vec() };
     let results = scheduler::execute(&store, &source, &options, report);
     drop(heartbeat);
@@ -110,8 +94,8 @@ pub fn run(ctx: &Context, args: &RunArgs, url: &str) -> Result<Outcome> {
         print_result(ctx, args, &result)?;
         return Ok(Outcome::PartlyFailed);
     }
-    let summary = queue::summary(&db, worker.night_id)?;
-    if let Err(e) = queue::leave(&db, worker, settings.rules.lease) {
+    let summary = queue::summary(db, worker.night_id)?;
+    if let Err(e) = queue::leave(db, worker, settings.rules.lease) {
         output::notice(&format!("{e:#}"));
     }
     let result = night_result(&summary, worker, started);
@@ -121,7 +105,7 @@ pub fn run(ctx: &Context, args: &RunArgs, url: &str) -> Result<Outcome> {
         outcome = Outcome::PartlyFailed;
     }
     if let Some(path) = args.prometheus.as_ref().or(ctx.config.prometheus.as_ref())
-        && let Err(e) = super::super::lag::update_prometheus_database(ctx, url, &store, path)
+        && let Err(e) = super::super::lag::update_prometheus_database(ctx, &feed, &store, path)
     {
         output::error(&format!("{e:#}"));
         outcome = Outcome::PartlyFailed;
