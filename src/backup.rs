@@ -103,6 +103,7 @@ pub fn backup_git(
             symbolic_refs: refs.symbolic_refs.clone(),
             object_format,
             packs: outcome.pack.iter().cloned().collect(),
+            packs_hold_unreachable: None,
             source_path: source_path.clone(),
             hostname: hostname(),
             tool_version: env!("CARGO_PKG_VERSION").to_owned(),

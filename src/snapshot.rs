@@ -50,8 +50,15 @@ pub struct Snapshot {
     pub symbolic_refs: BTreeMap<String, String>,
     /// "sha1" or "sha256" for git.
     pub object_format: String,
-    /// Data new in this snapshot, oldest first.
+    /// Store format 3 on: every pack the snapshot needs, in restore order (oldest first),
+    /// those it inherited from earlier snapshots and its new one. Formats 1 and 2: only the
+    /// data new in this snapshot (the rest is in its parent chain).
     pub packs: Vec<PackRecord>,
+    /// Store format 3 on: whether `packs` may hold objects that `refs` no longer reach (a
+    /// branch deleted or force-pushed since the packs were written), which a restore must
+    /// then leave out. Absent in older snapshots: unknown, so taken as `true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packs_hold_unreachable: Option<bool>,
     /// Where and how the snapshot was made, for people reading the store.
     pub source_path: String,
     pub hostname: String,
@@ -77,5 +84,11 @@ impl Snapshot {
     /// The short form shown to people; any unique prefix works for `--at`.
     pub fn short_id(id: &str) -> &str {
         &id[..id.len().min(12)]
+    }
+
+    /// Whether a restore must leave out objects the refs do not reach (see
+    /// `packs_hold_unreachable`); unknown counts as yes.
+    pub fn may_hold_unreachable(&self) -> bool {
+        self.packs_hold_unreachable.unwrap_or(true)
     }
 }

@@ -714,6 +714,7 @@ mod tests {
                 symbolic_refs: Default::default(),
                 object_format: "sha1".into(),
                 packs: Vec::new(),
+                packs_hold_unreachable: None,
                 source_path: "/r".into(),
                 hostname: "h".into(),
                 tool_version: "t".into(),
