@@ -400,3 +400,32 @@ fn a_latest_snapshot_whose_chunk_is_gone_from_objects_gets_a_full_snapshot_after
     assert!(!latest.to_string().contains(&chunk) || object.exists(), "the moved chunk is not named unless rewritten");
     env.restore_matches("src", &env.path("out"), &repo);
 }
+
+/// A forge's repository as pushes leave it: one pack per push, each carrying whole copies
+/// of the bases its deltas need (`index-pack --fix-thin`). A full snapshot keeps those
+/// deltas (against the copy of the base it took from another pack) instead of storing every
+/// version whole.
+#[test]
+fn a_full_snapshot_of_pushed_packs_keeps_their_deltas() {
+    let env = Env::new();
+    env.init_store();
+    let work = new_repo(&env.path("work"));
+    let forge = env.path("forge.git");
+    git(&env.path(""), &["init", "-q", "--bare", &forge.to_string_lossy()]);
+    // Every push is kept as a pack, however small.
+    git(&forge, &["config", "receive.unpackLimit", "1"]);
+    let text = noise_text(11, 300_000);
+    let mut lines: Vec<String> = text.as_bytes().chunks(60).map(|l| String::from_utf8(l.to_vec()).unwrap()).collect();
+    for push in 0..6 {
+        lines[push * 31] = format!("edited before push {push}");
+        commit_file(&work, "big.txt", &(lines.join("\n") + "\n"), &format!("push {push}"));
+        git(&work, &["push", "-q", &forge.to_string_lossy(), "HEAD:refs/heads/main"]);
+    }
+    let packs = std::fs::read_dir(forge.join("objects/pack")).unwrap().flatten();
+    assert!(packs.filter(|e| e.path().extension().is_some_and(|x| x == "pack")).count() >= 6);
+    env.backup("forge", &forge);
+    let stored = snapshots_json(&env, "forge")[0]["pack_bytes"].as_u64().unwrap();
+    // One version whole is about 230 KB compressed; six whole would be 1.4 MB.
+    assert!(stored < 400_000, "full snapshot of six pushed versions: {stored} bytes");
+    env.restore_matches("forge", &env.path("out"), &forge);
+}
