@@ -36,16 +36,28 @@ fn ids(list: &Value) -> Vec<String> {
     list.as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect()
 }
 
+/// Makes the env's new, empty store a format 2 store (chained snapshots), as older binaries
+/// made them.
+fn make_format_2(env: &Env) {
+    let config = env.path("store/config");
+    let mut parsed: Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    parsed["format"] = 2.into();
+    std::fs::write(&config, serde_json::to_vec_pretty(&parsed).unwrap()).unwrap();
+}
+
 #[test]
-fn prune_without_dry_run_is_refused_and_deletes_nothing() {
+fn prune_without_dry_run_on_a_format_2_store_is_refused_and_deletes_nothing() {
     let env = Env::new();
     env.init_store();
+    make_format_2(&env);
     nightly_backups(&env, "app", 2);
     let before = store_state(&env.path("store"));
     let out = env.rv(&["prune", "--keep-last", "1"]);
     assert_eq!(code(&out), 2, "{}", stderr(&out));
-    assert!(stderr(&out).contains("prune can only --dry-run in this version"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("prune can delete data only in store format 3 or later"), "{}", stderr(&out));
     assert_eq!(store_state(&env.path("store")), before);
+    // The dry run still plans there.
+    assert_eq!(prune_json(&env, &["--keep-last", "1"])["snapshots_forgotten"], 1);
 }
 
 #[test]
