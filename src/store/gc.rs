@@ -345,3 +345,149 @@ impl Store {
         Ok(removed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        snapshot::{PackRecord, Snapshot, Vcs},
+        store::{chunker::ChunkList, hash_hex},
+    };
+
+    fn new_store() -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let location = dir.path().join("store").to_string_lossy().into_owned();
+        Store::init(&location).unwrap();
+        (dir, location)
+    }
+
+    fn put(store: &Store, data: &[u8]) -> String {
+        let id = hash_hex(data);
+        store.put_object(&id, data).unwrap();
+        id
+    }
+
+    fn snapshot_naming(chunks: &[&str]) -> Snapshot {
+        let now = chrono::Utc::now();
+        Snapshot {
+            repo: "r".into(),
+            vcs: Vcs::Git,
+            created_at: now,
+            source_changed_at: now,
+            source_fingerprint: None,
+            parent: None,
+            head: None,
+            head_detached: None,
+            refs: Default::default(),
+            symbolic_refs: Default::default(),
+            object_format: "sha1".into(),
+            packs: vec![PackRecord {
+                checksum: "c".into(),
+                objects: 1,
+                pack: ChunkList { size: 0, chunks: chunks.iter().map(|c| (*c).to_owned()).collect() },
+                index: ChunkList::default(),
+                thin: false,
+            }],
+            packs_hold_unreachable: Some(false),
+            source_path: "/r".into(),
+            hostname: "h".into(),
+            tool_version: "t".into(),
+        }
+    }
+
+    fn mark_of(store: &Store) -> HashSet<String> {
+        store
+            .snapshots(None)
+            .unwrap()
+            .iter()
+            .flat_map(|s| s.snapshot.packs.iter().flat_map(|p| p.pack.chunks.clone()))
+            .collect()
+    }
+
+    fn in_objects(store: &Store, id: &str) -> bool {
+        store.backend.exists(&object_path(id)).unwrap()
+    }
+
+    #[test]
+    fn garbage_is_deleted_at_once_when_no_backup_runs() {
+        let (_dir, location) = new_store();
+        let writer = Store::open(&location).unwrap();
+        writer.ensure_session().unwrap();
+        let (named, garbage) = (put(&writer, b"named"), put(&writer, b"garbage"));
+        writer.write_snapshot(&snapshot_naming(&[&named])).unwrap();
+        drop(writer);
+        let prune = Store::open(&location).unwrap();
+        let report = prune.collect_garbage(&mark_of(&prune)).unwrap();
+        assert_eq!((report.objects_deleted, report.objects_pending), (1, 0));
+        assert!(report.bytes_deleted > 0);
+        assert!(in_objects(&prune, &named) && !in_objects(&prune, &garbage));
+        assert!(prune.backend.list(TRASH).unwrap().is_empty(), "the batch was finished and removed");
+        assert!(prune.backend.list(SESSIONS).unwrap().is_empty(), "the writer's session ended with it");
+    }
+
+    #[test]
+    fn a_batch_waits_for_a_session_alive_at_its_seal_and_gives_back_what_it_commits() {
+        let (_dir, location) = new_store();
+        let writer = Store::open(&location).unwrap();
+        writer.ensure_session().unwrap();
+        let (reused, abandoned) = (put(&writer, b"reused"), put(&writer, b"abandoned"));
+        let prune = Store::open(&location).unwrap();
+        let first = prune.collect_garbage(&mark_of(&prune)).unwrap();
+        assert_eq!((first.objects_deleted, first.objects_pending, first.sessions_waited_for), (0, 2, 1));
+        // The backup saw `reused` before the prune moved it: readers still find it, dedup no
+        // longer does.
+        assert!(!writer.has_object(&reused).unwrap());
+        assert_eq!(writer.get_object(&reused).unwrap(), b"reused");
+        writer.write_snapshot(&snapshot_naming(&[&reused])).unwrap();
+        let second = prune.collect_garbage(&mark_of(&prune)).unwrap();
+        assert_eq!(second.objects_pending, 2, "the batch waits while the session runs");
+        drop(writer);
+        let third = prune.collect_garbage(&mark_of(&prune)).unwrap();
+        assert_eq!((third.objects_deleted, third.objects_restored, third.objects_pending), (1, 1, 0));
+        assert!(in_objects(&prune, &reused) && !in_objects(&prune, &abandoned));
+        assert!(prune.get_object(&abandoned).is_err());
+        assert!(prune.backend.list(TRASH).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_stale_session_is_revoked_and_its_commit_fails() {
+        let (_dir, location) = new_store();
+        let writer = Store::open(&location).unwrap();
+        writer.ensure_session().unwrap();
+        let chunk = put(&writer, b"written before the stall");
+        let session = writer.session_id().unwrap();
+        let alive = std::path::Path::new(&location).join(session_dir(&session)).join(ALIVE);
+        let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(2 * 3600);
+        std::fs::File::options().write(true).open(&alive).unwrap().set_modified(two_hours_ago).unwrap();
+        let prune = Store::open(&location).unwrap();
+        let report = prune.collect_garbage(&mark_of(&prune)).unwrap();
+        assert_eq!(report.sessions_revoked, [session.clone()]);
+        assert_eq!((report.objects_deleted, report.objects_pending), (1, 0), "nothing waits for a revoked session");
+        let err = writer.write_snapshot(&snapshot_naming(&[&chunk])).unwrap_err();
+        assert!(format!("{err:#}").contains("prune revoked its session"), "{err:#}");
+        assert!(prune.snapshot_entries(None).unwrap().is_empty(), "no snapshot was committed");
+        assert!(prune.backend.exists(&format!("{REVOKED}/{session}")).unwrap());
+    }
+
+    #[test]
+    fn an_unsealed_batch_is_fenced_before_it_is_finished() {
+        let (_dir, location) = new_store();
+        let prune = Store::open(&location).unwrap();
+        let (kept, dropped) = (put(&prune, b"kept"), put(&prune, b"dropped"));
+        // An interrupted prune's batch: both objects moved, no seal.
+        prune.backend.create_dir(TRASH).unwrap();
+        prune.backend.create_dir(&format!("{TRASH}/old")).unwrap();
+        for id in [&kept, &dropped] {
+            prune.backend.rename(&object_path(id), &trash_path("old", id)).unwrap();
+        }
+        let mut writer = Store::open(&location).unwrap();
+        writer.ensure_session().unwrap();
+        writer.write_snapshot(&snapshot_naming(&[&kept])).unwrap();
+        drop(std::mem::replace(&mut writer, Store::open(&location).unwrap()));
+        let report = prune.collect_garbage(&mark_of(&prune)).unwrap();
+        assert_eq!((report.objects_deleted, report.objects_restored), (1, 1));
+        assert!(in_objects(&prune, &kept) && !in_objects(&prune, &dropped));
+        // The old name is gone: a prune still filling it would fail, not add to a sealed batch.
+        assert!(!prune.backend.exists(&format!("{TRASH}/old")).unwrap());
+    }
+}
