@@ -461,7 +461,7 @@ mod tests {
         std::fs::File::options().write(true).open(&alive).unwrap().set_modified(two_hours_ago).unwrap();
         let prune = Store::open(&location).unwrap();
         let report = prune.collect_garbage(&mark_of(&prune)).unwrap();
-        assert_eq!(report.sessions_revoked, [session.clone()]);
+        assert_eq!(report.sessions_revoked, std::slice::from_ref(&session));
         assert_eq!((report.objects_deleted, report.objects_pending), (1, 0), "nothing waits for a revoked session");
         let err = writer.write_snapshot(&snapshot_naming(&[&chunk])).unwrap_err();
         assert!(format!("{err:#}").contains("prune revoked its session"), "{err:#}");
