@@ -405,7 +405,7 @@ fn print_lines(plans: &[RepoPlan], bytes_freed: u64, gc: Option<&GcReport>) -> R
     }
     for id in &gc.sessions_revoked {
         output::notice(&format!(
-            "revoked backup session {id}: its heartbeat stopped for over an hour; if it wakes up it will not commit"
+            "revoked backup session {id}: its process is gone from this host or stopped beating over an hour ago; it cannot commit"
         ));
     }
     Ok(())

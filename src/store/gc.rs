@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 
 use super::{
     Store, is_hex_id, object_path,
-    session::{ALIVE, REVOKED, SESSIONS, STALE_SESSION, session_dir},
+    session::{ALIVE, REVOKED, SESSIONS, STALE_SESSION, SessionInfo, session_dir},
 };
 
 pub(crate) const TRASH: &str = "trash";
@@ -151,7 +151,8 @@ impl Store {
     }
 
     /// Revokes every session whose heartbeat is older than `STALE_SESSION` by the store's
-    /// clock: renames its directory into `revoked/`, which makes its commits fail.
+    /// clock, or whose process is gone from this host: renames its directory into
+    /// `revoked/`, which makes its commits fail.
     fn revoke_stale_sessions(&self) -> Result<Vec<String>> {
         let now = self.store_clock()?;
         let mut revoked = Vec::new();
@@ -168,7 +169,11 @@ impl Store {
                 },
                 Err(e) => return Err(e.into()),
             };
-            if now.duration_since(beat).unwrap_or_default() <= STALE_SESSION {
+            let dead = match self.backend.read(&format!("{dir}/{ALIVE}")) {
+                Ok(raw) => serde_json::from_slice::<SessionInfo>(&raw).is_ok_and(|info| info.process_is_gone()),
+                Err(_) => false,
+            };
+            if !dead && now.duration_since(beat).unwrap_or_default() <= STALE_SESSION {
                 continue;
             }
             self.backend.create_dir(REVOKED)?;
@@ -182,7 +187,11 @@ impl Store {
             }
             // When it was revoked, by the store's clock, for the removal a day later.
             self.backend.write_new(&format!("{REVOKED}/{id}/{REVOKED_MARK}"), b"")?;
-            tracing::warn!(session = id, "revoked a writer session whose heartbeat stopped over an hour ago");
+            tracing::warn!(
+                session = id,
+                dead,
+                "revoked a writer session whose process is gone or stopped over an hour ago"
+            );
             revoked.push(id);
         }
         Ok(revoked)

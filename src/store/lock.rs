@@ -65,11 +65,20 @@ pub enum LockAttempt<'a> {
     HeldBy(LockInfo),
 }
 
-fn process_start(pid: u32) -> Option<u64> {
+pub(crate) fn process_start(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces; fields after it are space-separated.
     let after_name = &stat[stat.rfind(')')? + 2..];
     after_name.split(' ').nth(19)?.parse().ok()
+}
+
+/// Whether process `pid` of this host is still the one that started at `recorded_start`
+/// (clock ticks since boot; `None`: unknown, any process with that pid counts).
+pub(crate) fn process_lives(pid: u32, recorded_start: Option<u64>) -> bool {
+    match process_start(pid) {
+        None => false,
+        Some(start) => recorded_start.is_none_or(|recorded| recorded == start),
+    }
 }
 
 impl Store {
@@ -148,10 +157,7 @@ impl Store {
 
     fn is_stale(&self, path: &str, holder: &LockInfo) -> Result<bool> {
         if holder.host == crate::backup::hostname() {
-            return Ok(match process_start(holder.pid) {
-                None => true,
-                Some(start) => holder.pid_start.is_some_and(|recorded| recorded != start),
-            });
+            return Ok(!process_lives(holder.pid, holder.pid_start));
         }
         let beat = self.backend.modified(path)?;
         let now = self.store_clock()?;

@@ -30,6 +30,24 @@ const HEARTBEAT: Duration = Duration::from_secs(60);
 /// longer than `HEARTBEAT`, so that only a process stopped for that long loses its session.
 pub const STALE_SESSION: Duration = Duration::from_secs(60 * 60);
 
+/// Who holds a session, as its `alive` file says.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct SessionInfo {
+    pub host: String,
+    pub pid: u32,
+    #[serde(default)]
+    pub pid_start: Option<u64>,
+}
+
+impl SessionInfo {
+    /// True when the session's process is known to be gone: it ran on this host and its pid
+    /// is free or belongs to a later process. Revoking such a session costs nothing (a dead
+    /// process commits nothing) and frees the trash that waits for it without the hour's wait.
+    pub fn process_is_gone(&self) -> bool {
+        self.host == crate::backup::hostname() && !super::lock::process_lives(self.pid, self.pid_start)
+    }
+}
+
 /// This process's registration in the store; ended (its directory removed) on drop.
 pub(crate) struct Session {
     pub id: String,
@@ -52,6 +70,7 @@ impl Session {
         let about = json!({
             "host": crate::backup::hostname(),
             "pid": std::process::id(),
+            "pid_start": super::lock::process_start(std::process::id()),
             "started_at": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         });
         (|| -> std::io::Result<()> {
