@@ -36,20 +36,10 @@ fn ids(list: &Value) -> Vec<String> {
     list.as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect()
 }
 
-/// Makes the env's new, empty store a format 2 store (chained snapshots), as older binaries
-/// made them.
-fn make_format_2(env: &Env) {
-    let config = env.path("store/config");
-    let mut parsed: Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
-    parsed["format"] = 2.into();
-    std::fs::write(&config, serde_json::to_vec_pretty(&parsed).unwrap()).unwrap();
-}
-
 #[test]
 fn prune_without_dry_run_on_a_format_2_store_is_refused_and_deletes_nothing() {
     let env = Env::new();
-    env.init_store();
-    make_format_2(&env);
+    env.init_store_format(2);
     nightly_backups(&env, "app", 2);
     let before = store_state(&env.path("store"));
     let out = env.rv(&["prune", "--keep-last", "1"]);
@@ -97,7 +87,8 @@ fn keep_last_dry_run_keeps_the_newest_and_changes_nothing() {
 #[test]
 fn a_forgotten_snapshot_a_kept_chain_needs_keeps_its_data() {
     let env = Env::new();
-    env.init_store();
+    // Before format 3 a snapshot needs its parent chain.
+    env.init_store_format(2);
     let snapshots = nightly_backups(&env, "app", 3);
     // Each night is incremental to the one before: the kept newest chains to both others.
     let report = prune_json(&env, &["--keep-last", "1"]);

@@ -87,7 +87,7 @@ pub fn run(ctx: &Context, args: &PruneArgs) -> Result<Outcome> {
         crate::name::validate(name)?;
     }
     let store = ctx.open_store(&args.store)?;
-    if !args.dry_run && !store.snapshots_name_all_their_packs() {
+    if !args.dry_run && !store.snapshots_are_complete() {
         return Err(usage(format!(
             "store {}: prune can delete data only in store format 3 or later, and this store is format {}: its \
              snapshots chain to each other, so what one needs is not known from its own manifest; use --dry-run to \
@@ -122,7 +122,7 @@ pub fn run(ctx: &Context, args: &PruneArgs) -> Result<Outcome> {
     } else {
         args.names.iter().map(String::as_str).filter(|n| by_repo.contains_key(n)).collect()
     };
-    let chains = !store.snapshots_name_all_their_packs();
+    let chains = !store.snapshots_are_complete();
     let plans: Vec<RepoPlan> = selected.iter().map(|repo| plan_repo(&policy, repo, &by_repo[repo], chains)).collect();
     let bytes_freed = bytes_freed(&store, &readable, &plans)?;
     let unreadable_anywhere = damaged.len();
@@ -455,6 +455,7 @@ mod tests {
                 index: ChunkList { size: 0, chunks: Vec::new() },
                 thin: false,
             }],
+            new_packs: None,
             packs_hold_unreachable: None,
             source_path: "/src".into(),
             hostname: "h".into(),

@@ -397,6 +397,7 @@ mod tests {
                 index: ChunkList::default(),
                 thin: false,
             }],
+            new_packs: Some(1),
             packs_hold_unreachable: Some(false),
             source_path: "/r".into(),
             hostname: "h".into(),
