@@ -131,7 +131,7 @@ fn a_backup_stalled_past_its_session_is_revoked_and_cannot_commit() {
     env.backup("small", &small);
     let big = big_repo(&env.path("big"), 8, 4 << 20);
     let before = stored_bytes(&store);
-    let mut backup = env
+    let backup = env
         .rv_command(&["backup", "--name", "big", &big.to_string_lossy()])
         .stderr(std::process::Stdio::piped())
         .spawn()
