@@ -63,6 +63,9 @@ pub fn backup_git(
     chaining: Chaining,
 ) -> Result<BackupReport> {
     crate::name::validate(name)?;
+    // Before anything in the store is looked at: a prune must know this backup may name
+    // what it sees (docs/FORMAT.md, "Prune").
+    store.ensure_session()?;
     let source_path = canonical_source_path(path);
     let mut base = incremental_base(store, name)?.filter(|chain| may_chain(name, chain, &source_path, chaining));
     if store.snapshots_are_complete()

@@ -37,15 +37,17 @@ fn ids(list: &Value) -> Vec<String> {
 }
 
 #[test]
-fn prune_without_dry_run_is_refused_and_deletes_nothing() {
+fn prune_without_dry_run_on_a_format_2_store_is_refused_and_deletes_nothing() {
     let env = Env::new();
-    env.init_store();
+    env.init_store_format(2);
     nightly_backups(&env, "app", 2);
     let before = store_state(&env.path("store"));
     let out = env.rv(&["prune", "--keep-last", "1"]);
     assert_eq!(code(&out), 2, "{}", stderr(&out));
-    assert!(stderr(&out).contains("prune can only --dry-run in this version"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("prune can delete data only in store format 3 or later"), "{}", stderr(&out));
     assert_eq!(store_state(&env.path("store")), before);
+    // The dry run still plans there.
+    assert_eq!(prune_json(&env, &["--keep-last", "1"])["snapshots_forgotten"], 1);
 }
 
 #[test]
@@ -186,4 +188,203 @@ fn a_damaged_manifest_is_named_and_skipped() {
     assert!(stderr(&out).contains(&snapshots[0]) && stderr(&out).contains("damaged"), "{}", stderr(&out));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(ids(&report["repos"][0]["forget"]), [snapshots[1].clone()]);
+}
+
+/// The manifest file of snapshot `id`.
+fn manifest_file(store: &Path, id: &str) -> std::path::PathBuf {
+    files_under(&store.join("snapshots"))
+        .into_iter()
+        .find(|f| f.file_name().unwrap().to_string_lossy().ends_with(id))
+        .expect("manifest file")
+}
+
+/// Writes a copy of snapshot `id`'s manifest that says it was made at `at` (RFC 3339, UTC),
+/// under the file name a snapshot made then has; returns its id. The copy names the same
+/// packs, so it restores like the original.
+fn reissue(store: &Path, id: &str, at: &str) -> String {
+    let file = manifest_file(store, id);
+    let mut manifest: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    manifest["created_at"] = at.into();
+    let bytes = serde_json::to_vec_pretty(&manifest).unwrap();
+    let new_id = blake3::hash(&bytes).to_hex().to_string();
+    let when = chrono::DateTime::parse_from_rfc3339(at).unwrap().with_timezone(&chrono::Utc);
+    let name = format!("{}-{new_id}", when.format("%Y%m%dT%H%M%S%.9fZ"));
+    std::fs::write(file.parent().unwrap().join(name), bytes).unwrap();
+    new_id
+}
+
+/// Ids of the snapshot manifests in the store.
+fn manifest_ids(store: &Path) -> std::collections::BTreeSet<String> {
+    files_under(&store.join("snapshots"))
+        .iter()
+        .map(|f| f.file_name().unwrap().to_string_lossy().rsplit('-').next().unwrap().to_owned())
+        .collect()
+}
+
+/// Every chunk the store's manifests name.
+fn named_chunks(store: &Path) -> std::collections::BTreeSet<String> {
+    let mut named = std::collections::BTreeSet::new();
+    for file in files_under(&store.join("snapshots")) {
+        let manifest: Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+        for pack in manifest["packs"].as_array().unwrap() {
+            for list in [&pack["pack"]["chunks"], &pack["index"]["chunks"]] {
+                named.extend(list.as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_owned()));
+            }
+        }
+    }
+    named
+}
+
+fn object_names(store: &Path) -> std::collections::BTreeSet<String> {
+    store_objects(store).iter().map(|f| f.file_name().unwrap().to_string_lossy().into_owned()).collect()
+}
+
+#[test]
+fn each_keep_rule_and_their_union_keep_the_hand_computed_snapshots() {
+    let env = Env::new();
+    env.init_store();
+    let repo = new_repo(&env.path("app"));
+    commit_file(&repo, "a", "a", "a");
+    let original = env.backup("app", &repo);
+    let store = env.path("store");
+    // Mondays: 2026-01-05 and 2026-01-12 (ISO weeks 2 and 3).
+    let dates = [
+        ("a", "2025-01-01T10:00:00Z"),
+        ("b", "2025-06-15T10:00:00Z"),
+        ("c", "2025-12-31T23:00:00Z"),
+        ("d", "2026-01-05T09:00:00Z"),
+        ("e", "2026-01-06T09:00:00Z"),
+        ("f", "2026-01-06T18:00:00Z"),
+        ("g", "2026-01-12T08:00:00Z"),
+        ("h", "2026-01-12T20:00:00Z"),
+        ("i", "2026-01-13T07:00:00Z"),
+        ("j", "2026-01-13T07:30:00Z"),
+    ];
+    let by_id: std::collections::HashMap<String, &str> =
+        dates.iter().map(|(letter, at)| (reissue(&store, &original, at), *letter)).collect();
+    std::fs::remove_file(manifest_file(&store, &original)).unwrap();
+    let kept = |args: &[&str]| -> String {
+        let report = prune_json(&env, args);
+        let mut letters: Vec<&str> = ids(&report["repos"][0]["keep"]).iter().map(|id| by_id[id]).collect();
+        letters.sort();
+        letters.concat()
+    };
+    assert_eq!(kept(&["--keep-last", "3"]), "hij");
+    assert_eq!(kept(&["--keep-hourly", "2"]), "hj", "i shares j's hour");
+    assert_eq!(kept(&["--keep-daily", "3"]), "fhj");
+    assert_eq!(kept(&["--keep-weekly", "2"]), "fj");
+    assert_eq!(kept(&["--keep-monthly", "2"]), "cj");
+    assert_eq!(kept(&["--keep-yearly", "3"]), "acj", "count left at the oldest keeps it");
+    assert_eq!(kept(&["--keep-within", "1d"]), "ghij");
+    assert_eq!(kept(&["--keep-last", "1"]), "j");
+    let union = ["--keep-daily", "3", "--keep-monthly", "2", "--keep-yearly", "3"];
+    assert_eq!(kept(&union), "acfhj");
+
+    // The real prune keeps exactly those, and each still restores.
+    let mut args = vec!["prune", "--json"];
+    args.extend(union);
+    let report: Value = serde_json::from_str(&env.rv_ok(&args)).unwrap();
+    assert_eq!(report["dry_run"], false);
+    assert_eq!(report["snapshots_forgotten"], 5);
+    let mut left: Vec<&str> = manifest_ids(&store).iter().map(|id| by_id[id]).collect();
+    left.sort();
+    assert_eq!(left.concat(), "acfhj");
+    for id in manifest_ids(&store) {
+        let dest = env.path(&format!("restored-{}", by_id[&id]));
+        env.restore("app", &dest, Some(&id));
+        assert_eq!(ref_state(&dest), ref_state(&repo));
+        fsck(&dest);
+    }
+}
+
+#[test]
+fn a_real_prune_forgets_deletes_unnamed_data_and_kept_snapshots_restore_exactly() {
+    let env = Env::new();
+    env.init_store();
+    let store = env.path("store");
+    let app = new_repo(&env.path("app"));
+    let mut recorded = Vec::new();
+    for night in 0..4u64 {
+        commit_file(&app, &format!("night{night}"), &noise_text(night, 40_000), "night");
+        recorded.push((env.backup("app", &app), ref_state(&app)));
+    }
+    let lib = new_repo(&env.path("lib"));
+    let mut lib_latest = None;
+    for night in 0..3u64 {
+        commit_file(&lib, "lib", &noise_text(100 + night, 20_000), "lib");
+        lib_latest = Some((env.backup("lib", &lib), ref_state(&lib)));
+    }
+    std::fs::remove_dir_all(&lib).unwrap(); // gone from the source
+    // A backup killed before it committed leaves chunks no snapshot names.
+    let big = big_repo(&env.path("big"), 4, 3 << 20);
+    let before = stored_bytes(&store);
+    let mut killed = env.rv_command(&["backup", "--name", "big", &big.to_string_lossy()]).spawn().unwrap();
+    assert!(wait_for_stored_bytes(&store, before + (2 << 20)));
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    let orphans: Vec<String> = object_names(&store).difference(&named_chunks(&store)).cloned().collect();
+    assert!(!orphans.is_empty());
+    assert_eq!(snapshot_count(&store), 7, "the killed backup committed nothing");
+
+    let report: Value = serde_json::from_str(&env.rv_ok(&["prune", "--json", "--keep-last", "2"])).unwrap();
+    assert_eq!(report["snapshots_forgotten"], 3);
+    assert_eq!(report["bytes_pending"], 0, "nothing runs: everything is deleted at once");
+    assert!(report["objects_deleted"].as_u64().unwrap() >= orphans.len() as u64, "{report}");
+    assert!(report["bytes_deleted"].as_u64().unwrap() > 0);
+    assert_eq!(report["sessions_revoked"].as_array().unwrap().len(), 1, "the killed backup's session: {report}");
+    let left = manifest_ids(&store);
+    let lib_latest = lib_latest.unwrap();
+    let expected: std::collections::BTreeSet<String> =
+        [recorded[2].0.clone(), recorded[3].0.clone(), lib_latest.0.clone()].into_iter().collect();
+    assert!(expected.is_subset(&left) && left.len() == 4, "{left:?}");
+    let objects = object_names(&store);
+    assert!(orphans.iter().all(|o| !objects.contains(o)), "the killed backup's chunks are deleted");
+    assert!(named_chunks(&store).is_subset(&objects), "every chunk a kept snapshot names is in objects/");
+    assert!(files_under(&store.join("trash")).is_empty() && files_under(&store.join("sessions")).is_empty());
+    assert!(!store.join("locks/prune").exists());
+
+    for (id, state) in &recorded[2..] {
+        let dest = env.path(&format!("restored-{id}"));
+        env.restore("app", &dest, Some(id));
+        assert_eq!(&ref_state(&dest), state);
+        fsck(&dest);
+    }
+    let dest = env.path("restored-lib");
+    env.restore("lib", &dest, None);
+    assert_eq!(ref_state(&dest), lib_latest.1);
+    env.rv_ok(&["verify", "--deep"]);
+}
+
+#[test]
+fn after_keep_last_1_of_twenty_nights_the_store_is_close_to_a_fresh_full_backup() {
+    let env = Env::new();
+    env.init_store();
+    let repo = new_repo(&env.path("app"));
+    for night in 0..20u64 {
+        commit_file(&repo, &format!("night{night}"), &noise_text(night, 60_000), "night");
+        env.backup("app", &repo);
+    }
+    env.rv_ok(&["prune", "--keep-last", "1"]);
+    let pruned = stored_bytes(&env.path("store"));
+    let fresh = env.path("fresh");
+    let fresh_store = fresh.to_string_lossy().into_owned();
+    env.rv_ok(&["init", "--store", &fresh_store]);
+    env.rv_ok(&["backup", "--store", &fresh_store, "--name", "app", &repo.to_string_lossy()]);
+    let full = stored_bytes(&fresh);
+    assert!(pruned * 10 <= full * 12, "pruned store {pruned} bytes, fresh full backup {full} bytes");
+}
+
+#[test]
+fn a_second_prune_while_one_holds_the_lock_exits_1_naming_the_holder() {
+    let env = Env::new();
+    env.init_store();
+    nightly_backups(&env, "app", 2);
+    let holder = serde_json::json!({
+        "host": "elsewhere", "pid": 1, "pid_start": null, "started_at": "2026-01-01T00:00:00Z"
+    });
+    std::fs::write(env.path("store/locks/prune"), holder.to_string()).unwrap();
+    let out = env.rv(&["prune", "--keep-last", "1"]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains("another prune is running (pid 1 on elsewhere"), "{}", stderr(&out));
+    assert_eq!(snapshot_count(&env.path("store")), 2);
 }

@@ -1,16 +1,19 @@
-//! `repovault prune`: apply a retention policy to every repository (or the ones named).
+//! `repovault prune`: apply a retention policy to every repository (or the ones named),
+//! then delete the data no snapshot names any more.
 //!
-//! This version only plans: `--dry-run` is required, and the store is only read. For each
-//! repository it lists the snapshots the policy keeps (with the rules that keep them) and
-//! those it would forget, and it counts the bytes a prune would free.
+//! For each repository it lists the snapshots the policy keeps (with the rules that keep
+//! them) and those it forgets, and it counts the bytes that frees. `--dry-run` stops there.
+//! Otherwise, under the prune lock, the forgotten manifests are removed and the store's
+//! garbage is collected (`Store::collect_garbage`, safe while backups run: docs/FORMAT.md,
+//! "Prune"). Deleting needs store format 3, where each snapshot names every pack it needs;
+//! in formats 1 and 2 what a snapshot needs depends on its parent chain, and prune only plans.
 //!
-//! Snapshots are incremental: a snapshot's data is only complete together with its parent
-//! chain. So a forgotten snapshot that a kept snapshot chains to keeps its data ("forgotten,
-//! but its data stays"); only the rest is data a prune could free. Chunks are shared across
-//! repositories (content addressing), so a chunk counts as freed only when no snapshot of
-//! any repository that stays (kept, or needed by a kept chain) names it. Damaged manifests
-//! are named and skipped, as `snapshots` does; what they name cannot be known, so the
-//! byte count is then an upper bound and says so.
+//! In formats 1 and 2 a forgotten snapshot that a kept snapshot chains to keeps its data
+//! ("forgotten, but its data stays"). Chunks are shared across repositories (content
+//! addressing), so a chunk counts as freed only when no snapshot of any repository that
+//! stays names it. Damaged manifests are named and skipped, as `snapshots` does; what they
+//! name cannot be known, so the byte count is then an upper bound and says so, and no data
+//! is deleted.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -24,7 +27,7 @@ use crate::{
     error::usage,
     output,
     retention::{self, Candidate, Policy, Reason},
-    store::{DamagedSnapshot, Store, StoredSnapshot},
+    store::{DamagedSnapshot, Store, StoredSnapshot, gc::GcReport, lock::LockAttempt},
 };
 
 #[derive(Debug, Args)]
@@ -55,7 +58,7 @@ pub struct PruneArgs {
     /// (`30d`, `36h`, `2w`, `1y`; `m` is minutes).
     #[arg(long, value_name = "DURATION")]
     pub keep_within: Option<String>,
-    /// Only say what would be forgotten and freed; change nothing. Required in this version.
+    /// Only say what would be forgotten and freed; change nothing.
     #[arg(long)]
     pub dry_run: bool,
     /// Print one JSON object instead of lines for people.
@@ -78,20 +81,40 @@ struct RepoPlan {
 }
 
 pub fn run(ctx: &Context, args: &PruneArgs) -> Result<Outcome> {
-    if !args.dry_run {
-        return Err(usage("prune can only --dry-run in this version: deleting is not built yet"));
-    }
     let policy = policy_of(args, ctx.config.prune.as_ref())?;
     policy.check()?;
     for name in &args.names {
         crate::name::validate(name)?;
     }
     let store = ctx.open_store(&args.store)?;
+    if !args.dry_run && !store.snapshots_are_complete() {
+        return Err(usage(format!(
+            "store {}: prune can delete data only in store format 3 or later, and this store is format {}: its \
+             snapshots chain to each other, so what one needs is not known from its own manifest; use --dry-run to \
+             see the plan, or start a new store",
+            store.location(),
+            store.config().format
+        )));
+    }
     for name in &args.names {
         if store.snapshot_entries(Some(name))?.is_empty() {
             return Err(usage(format!("repository {name}: not in store {}", store.location())));
         }
     }
+    let _lock = if args.dry_run {
+        None
+    } else {
+        match store.lock_prune()? {
+            LockAttempt::Acquired(lock) => Some(lock),
+            LockAttempt::HeldBy(holder) => {
+                output::error(&format!(
+                    "store {}: another prune is running ({holder}); nothing was done",
+                    store.location()
+                ));
+                return Ok(Outcome::PartlyFailed);
+            }
+        }
+    };
     let (readable, damaged) = store.snapshots_and_damage(None)?;
     let by_repo = group_by_repo(&readable);
     let selected: Vec<&str> = if args.names.is_empty() {
@@ -99,28 +122,67 @@ pub fn run(ctx: &Context, args: &PruneArgs) -> Result<Outcome> {
     } else {
         args.names.iter().map(String::as_str).filter(|n| by_repo.contains_key(n)).collect()
     };
-    let plans: Vec<RepoPlan> = selected.iter().map(|repo| plan_repo(&policy, repo, &by_repo[repo])).collect();
+    let chains = !store.snapshots_are_complete();
+    let plans: Vec<RepoPlan> = selected.iter().map(|repo| plan_repo(&policy, repo, &by_repo[repo], chains)).collect();
     let bytes_freed = bytes_freed(&store, &readable, &plans)?;
     let unreadable_anywhere = damaged.len();
     let damaged: Vec<&DamagedSnapshot> = damaged
         .iter()
         .filter(|d| args.names.is_empty() || d.repo.as_ref().is_some_and(|r| args.names.contains(r)))
         .collect();
+    let gc =
+        if args.dry_run { None } else { Some(forget_and_collect(&store, &readable, &plans, unreadable_anywhere)?) };
     if args.json {
-        print_json(&plans, bytes_freed)?;
+        print_json(&plans, bytes_freed, gc.as_ref())?;
     } else {
-        print_lines(&plans, bytes_freed)?;
+        print_lines(&plans, bytes_freed, gc.as_ref())?;
     }
     for d in &damaged {
         report_damaged(&store, d);
     }
     if unreadable_anywhere > 0 {
-        output::notice(&format!(
-            "bytes that would be freed are an upper bound: {unreadable_anywhere} damaged snapshot manifest(s) in the \
-             store could not be read, and data they name was counted as unused"
-        ));
+        output::notice(&if args.dry_run {
+            format!(
+                "bytes that would be freed are an upper bound: {unreadable_anywhere} damaged snapshot manifest(s) in the \
+                 store could not be read, and data they name was counted as unused"
+            )
+        } else {
+            format!(
+                "no data was deleted: {unreadable_anywhere} damaged snapshot manifest(s) in the store could not be read, \
+                 and data they name cannot be known; forget them (`repovault forget`) and prune again"
+            )
+        });
     }
-    Ok(if damaged.is_empty() { Outcome::Done } else { Outcome::PartlyFailed })
+    let skipped = gc.as_ref().and_then(|gc| gc.finishing_skipped.as_deref());
+    if let Some(why) = skipped {
+        output::error(&format!("store {}: {why}", store.location()));
+    }
+    // A real prune that could not delete (damage anywhere in the store) did not do its job.
+    let failed = !damaged.is_empty() || !args.dry_run && (unreadable_anywhere > 0 || skipped.is_some());
+    Ok(if failed { Outcome::PartlyFailed } else { Outcome::Done })
+}
+
+/// Removes the forgotten snapshots' manifests, then (unless a damaged manifest makes what is
+/// used unknowable) collects the garbage: the mark is every chunk the remaining manifests
+/// name, of every repository.
+fn forget_and_collect(
+    store: &Store,
+    readable: &[StoredSnapshot],
+    plans: &[RepoPlan],
+    unreadable_anywhere: usize,
+) -> Result<GcReport> {
+    let forgotten: HashSet<&str> = plans.iter().flat_map(|p| &p.forget).map(|f| f.snapshot.id.as_str()).collect();
+    for entry in store.snapshot_entries(None)? {
+        if forgotten.contains(entry.id.as_str()) {
+            store.remove_snapshot(&entry)?;
+        }
+    }
+    if unreadable_anywhere > 0 {
+        return Ok(GcReport::default());
+    }
+    let mark: HashSet<String> =
+        readable.iter().filter(|s| !forgotten.contains(s.id.as_str())).flat_map(chunks_of).map(str::to_owned).collect();
+    store.collect_garbage(&mark)
 }
 
 /// The policy from the flags when any `--keep-*` flag is given (the config's `[prune]` table
@@ -169,8 +231,9 @@ fn group_by_repo(readable: &[StoredSnapshot]) -> BTreeMap<&str, Vec<&StoredSnaps
 }
 
 /// Applies the policy to one repository and finds, for each forgotten snapshot, the kept
-/// snapshots whose parent chains pass through it.
-fn plan_repo(policy: &Policy, repo: &str, snapshots: &[&StoredSnapshot]) -> RepoPlan {
+/// snapshots whose parent chains pass through it (when snapshots form `chains`: formats 1
+/// and 2; from format 3 on `parent` is provenance only and no snapshot needs another).
+fn plan_repo(policy: &Policy, repo: &str, snapshots: &[&StoredSnapshot], chains: bool) -> RepoPlan {
     let candidates: Vec<Candidate> =
         snapshots.iter().map(|s| Candidate { id: s.id.clone(), created_at: s.snapshot.created_at }).collect();
     let decision = retention::apply(policy, &candidates);
@@ -180,7 +243,7 @@ fn plan_repo(policy: &Policy, repo: &str, snapshots: &[&StoredSnapshot]) -> Repo
     let mut needed_by: HashMap<&str, Vec<String>> = HashMap::new();
     // Kept snapshots oldest first, so each forgotten snapshot lists its nearest kept
     // descendant first.
-    for (kept, _) in decision.keep.iter().rev() {
+    for (kept, _) in decision.keep.iter().rev().filter(|_| chains) {
         for ancestor in ancestors(&parents, &kept.id) {
             if forgotten.contains(ancestor) {
                 needed_by.entry(ancestor).or_default().push(kept.id.clone());
@@ -235,30 +298,16 @@ fn bytes_freed(store: &Store, readable: &[StoredSnapshot], plans: &[RepoPlan]) -
         .collect();
     let mut total = 0;
     for chunk in freed {
-        total += object_size(store, chunk)?;
+        total += store.object_size(chunk)?;
     }
     Ok(total)
-}
-
-/// Bytes an object takes in the store (its file, as stored: compressed or not); 0 for an
-/// object already missing (`verify` reports those).
-fn object_size(store: &Store, id: &str) -> Result<u64> {
-    if id.len() < 2 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Ok(0);
-    }
-    let file = store.file_location(&format!("objects/{}/{id}", &id[..2]));
-    match std::fs::metadata(&file) {
-        Ok(meta) => Ok(meta.len()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
-        Err(e) => Err(anyhow::Error::new(e).context(format!("store {}: reading the size of {file}", store.location()))),
-    }
 }
 
 fn reasons_text(reasons: &[Reason]) -> Vec<String> {
     reasons.iter().map(|r| r.label()).collect()
 }
 
-fn print_json(plans: &[RepoPlan], bytes_freed: u64) -> Result<()> {
+fn print_json(plans: &[RepoPlan], bytes_freed: u64, gc: Option<&GcReport>) -> Result<()> {
     let repos: Vec<_> = plans
         .iter()
         .map(|plan| {
@@ -282,15 +331,29 @@ fn print_json(plans: &[RepoPlan], bytes_freed: u64) -> Result<()> {
         })
         .collect();
     let forgotten: usize = plans.iter().map(|p| p.forget.len()).sum();
-    output::json(&json!({
-        "dry_run": true,
+    let mut report = json!({
+        "dry_run": gc.is_none(),
         "repos": repos,
         "bytes_freed": bytes_freed,
         "snapshots_forgotten": forgotten,
-    }))
+    });
+    if let Some(gc) = gc {
+        let fields = json!({
+            "bytes_deleted": gc.bytes_deleted,
+            "objects_deleted": gc.objects_deleted,
+            "bytes_pending": gc.bytes_pending,
+            "objects_pending": gc.objects_pending,
+            "sessions_waited_for": gc.sessions_waited_for,
+            "sessions_revoked": gc.sessions_revoked,
+        });
+        for (key, value) in fields.as_object().expect("an object") {
+            report[key] = value.clone();
+        }
+    }
+    output::json(&report)
 }
 
-fn print_lines(plans: &[RepoPlan], bytes_freed: u64) -> Result<()> {
+fn print_lines(plans: &[RepoPlan], bytes_freed: u64, gc: Option<&GcReport>) -> Result<()> {
     for plan in plans {
         output::line(&format!("{}: keep {}, forget {}", plan.repo, plan.keep.len(), plan.forget.len()))?;
         for (c, why) in &plan.keep {
@@ -314,12 +377,38 @@ fn print_lines(plans: &[RepoPlan], bytes_freed: u64) -> Result<()> {
         }
     }
     let forgotten: usize = plans.iter().map(|p| p.forget.len()).sum();
+    let snapshots = if forgotten == 1 { "" } else { "s" };
+    let repositories = if plans.len() == 1 { "y" } else { "ies" };
+    let Some(gc) = gc else {
+        return output::line(&format!(
+            "dry run: would forget {forgotten} snapshot{snapshots} of {} repositor{repositories} and free {bytes_freed} \
+             bytes; nothing was changed",
+            plans.len(),
+        ));
+    };
     output::line(&format!(
-        "dry run: would forget {forgotten} snapshot{} of {} repositor{} and free {bytes_freed} bytes; nothing was changed",
-        if forgotten == 1 { "" } else { "s" },
+        "forgot {forgotten} snapshot{snapshots} of {} repositor{repositories}; deleted {} object{} ({} bytes)",
         plans.len(),
-        if plans.len() == 1 { "y" } else { "ies" },
-    ))
+        gc.objects_deleted,
+        if gc.objects_deleted == 1 { "" } else { "s" },
+        gc.bytes_deleted,
+    ))?;
+    if gc.objects_pending > 0 {
+        output::line(&format!(
+            "{} object{} ({} bytes) wait for {} running backup session{} to end; a later prune deletes them",
+            gc.objects_pending,
+            if gc.objects_pending == 1 { "" } else { "s" },
+            gc.bytes_pending,
+            gc.sessions_waited_for,
+            if gc.sessions_waited_for == 1 { "" } else { "s" },
+        ))?;
+    }
+    for id in &gc.sessions_revoked {
+        output::notice(&format!(
+            "revoked backup session {id}: its process is gone from this host or stopped beating over an hour ago; it cannot commit"
+        ));
+    }
+    Ok(())
 }
 
 /// One error line per damaged manifest, as `snapshots` names them.
@@ -380,6 +469,7 @@ mod tests {
         let location = dir.path().join("store").to_string_lossy().into_owned();
         Store::init(&location).unwrap();
         let store = Store::open(&location).unwrap();
+        store.ensure_session().unwrap();
         let put = |data: &[u8]| {
             let id = crate::store::hash_hex(data);
             store.put_object(&id, data).unwrap();
@@ -393,11 +483,11 @@ mod tests {
         let (readable, _) = store.snapshots_and_damage(None).unwrap();
         let by_repo = group_by_repo(&readable);
         let policy = Policy { keep_last: 1, ..Policy::default() };
-        let plan = plan_repo(&policy, "x", &by_repo["x"]);
+        let plan = plan_repo(&policy, "x", &by_repo["x"], true);
         assert_eq!(plan.forget.len(), 1);
         assert!(plan.forget[0].data_kept_for.is_empty());
         let freed = bytes_freed(&store, &readable, &[plan]).unwrap();
-        assert_eq!(freed, object_size(&store, &only_old).unwrap());
+        assert_eq!(freed, store.object_size(&only_old).unwrap());
         assert!(freed > 0);
     }
 

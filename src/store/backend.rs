@@ -33,14 +33,27 @@ pub trait Backend: Send + Sync {
     /// link-count recipe). Returns `false` when it already exists. Used for locks.
     fn create_exclusive(&self, path: &str, data: &[u8]) -> io::Result<bool>;
 
-    /// Renames a file; fails when `from` does not exist.
+    /// Renames a file or a directory atomically, replacing a file at `to`; fails when `from`
+    /// does not exist (that failure is what fences a revoked session's commit, see
+    /// docs/FORMAT.md, "Prune"). Durable once it returns.
     fn rename(&self, from: &str, to: &str) -> io::Result<()>;
 
-    /// Sets a file's modification time to now (a lock's heartbeat).
+    /// Sets a file's modification time to now *by the storage's clock* (a heartbeat): times
+    /// written by different hosts are compared with each other only through the storage.
     fn touch(&self, path: &str) -> io::Result<()>;
 
     /// A file's modification time.
     fn modified(&self, path: &str) -> io::Result<std::time::SystemTime>;
+
+    /// Size in bytes of a file as stored.
+    fn size(&self, path: &str) -> io::Result<u64>;
+
+    /// Names of the unfinished writes (temporary files) in `dir`, which `list` hides; empty
+    /// when `dir` does not exist. Only `prune` looks at them, to remove old ones.
+    fn list_unfinished(&self, dir: &str) -> io::Result<Vec<String>>;
+
+    /// Removes an empty directory durably; a missing one is not an error.
+    fn remove_dir(&self, dir: &str) -> io::Result<()>;
 
     /// Creates a directory durably; existing is fine. Its parent must exist: a missing one
     /// means the store is gone, and is an error.

@@ -158,12 +158,55 @@ impl Backend for LocalBackend {
     }
 
     fn touch(&self, path: &str) -> io::Result<()> {
-        let file = OpenOptions::new().write(true).open(self.full(path))?;
-        file.set_modified(std::time::SystemTime::now())
+        use std::os::unix::ffi::OsStrExt;
+        let full = std::ffi::CString::new(self.full(path).as_os_str().as_bytes())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // Null times mean "now" as the file system sees it: an NFS client then asks the
+        // server to use its own clock (SET_TO_SERVER_TIME), where an explicit time would
+        // carry this host's clock into the store.
+        // SAFETY: `full` is a valid NUL-terminated path; a null `times` is allowed.
+        if unsafe { libc::utimensat(libc::AT_FDCWD, full.as_ptr(), std::ptr::null(), 0) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
     }
 
     fn modified(&self, path: &str) -> io::Result<std::time::SystemTime> {
         fs::metadata(self.full(path))?.modified()
+    }
+
+    fn size(&self, path: &str) -> io::Result<u64> {
+        Ok(fs::symlink_metadata(self.full(path))?.len())
+    }
+
+    fn list_unfinished(&self, dir: &str) -> io::Result<Vec<String>> {
+        let entries = match fs::read_dir(self.full(dir)) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let name = entry?.file_name();
+            if let Some(name) = name.to_str()
+                && name.starts_with(TEMP_PREFIX)
+            {
+                names.push(name.to_owned());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn remove_dir(&self, dir: &str) -> io::Result<()> {
+        let full = self.full(dir);
+        match fs::remove_dir(&full) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        sync_dir(full.parent().expect("store paths have a parent"))
     }
 
     fn create_dir(&self, dir: &str) -> io::Result<()> {

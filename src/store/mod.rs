@@ -4,9 +4,11 @@
 
 pub mod backend;
 pub mod chunker;
+pub mod gc;
 pub mod local;
 pub mod lock;
 pub mod runs;
+pub mod session;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -250,6 +252,9 @@ pub struct Store {
     config: StoreConfig,
     /// Bytes of objects this process has written, for progress displays.
     stored_bytes: AtomicU64,
+    /// This process's writer session, once it asked for one; ended when the Store is dropped.
+    /// Read-only commands never have one.
+    session: std::sync::Mutex<Option<session::Session>>,
 }
 
 /// A repository's latest snapshot, as `backup` and `run` need to know it.
@@ -362,7 +367,7 @@ impl Store {
                 config.format
             )));
         }
-        Ok(Store { backend, config, stored_bytes: AtomicU64::new(0) })
+        Ok(Store { backend, config, stored_bytes: AtomicU64::new(0), session: std::sync::Mutex::new(None) })
     }
 
     pub fn location(&self) -> String {
@@ -408,13 +413,28 @@ impl Store {
         Ok(PutOutcome { stored_bytes })
     }
 
-    /// Reads an object and checks that it still hashes to its name.
+    /// Registers this process as a writer (docs/FORMAT.md, "Prune"): a backup calls it before
+    /// it looks at anything in the store. Idempotent and thread-safe: every backup of a `run`
+    /// shares one session, which ends when the Store is dropped.
+    pub fn ensure_session(&self) -> Result<()> {
+        let mut session = self.session.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if session.is_none() {
+            *session = Some(session::Session::start(self)?);
+        }
+        Ok(())
+    }
+
+    fn session_id(&self) -> Option<String> {
+        self.session.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).as_ref().map(|s| s.id.clone())
+    }
+
+    /// Reads an object and checks that it still hashes to its name. An object missing from
+    /// `objects/` is looked for in prune's unfinished trash batches: a snapshot committed
+    /// while a prune ran may name one until that batch is finished.
     pub fn get_object(&self, id: &str) -> Result<Vec<u8>> {
-        let path = object_path(id);
-        let raw = self
-            .backend
-            .read(&path)
-            .with_context(|| format!("store {}: object {path} is missing or unreadable", self.location()))?;
+        let (path, raw) = self.read_object_file(id).with_context(|| {
+            format!("store {}: object {} is missing or unreadable", self.location(), object_path(id))
+        })?;
         let data = decode(&raw).with_context(|| format!("store {}: object {path} is damaged", self.location()))?;
         if hash_hex(&data) != id {
             bail!("store {}: object {path} is damaged: its content no longer hashes to its name", self.location());
@@ -422,8 +442,49 @@ impl Store {
         Ok(data)
     }
 
+    /// The object's file, from `objects/` or a trash batch, and where it was found. Looked for
+    /// a few times over: a prune finishing a batch moves objects back into `objects/`, and a
+    /// prune fencing a batch renames it, between our looks.
+    fn read_object_file(&self, id: &str) -> io::Result<(String, Vec<u8>)> {
+        let path = object_path(id);
+        for _ in 0..3 {
+            match self.backend.read(&path) {
+                Ok(raw) => return Ok((path, raw)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            for batch in self.backend.list(gc::TRASH)? {
+                let trashed = gc::trash_path(&batch, id);
+                match self.backend.read(&trashed) {
+                    Ok(raw) => return Ok((trashed, raw)),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Err(io::Error::new(io::ErrorKind::NotFound, "not in objects/ nor in any trash batch"))
+    }
+
+    /// Whether `objects/` holds the object: what a backup may reuse. Trash batches do not
+    /// count (a prune may be about to delete what is there).
     pub fn has_object(&self, id: &str) -> Result<bool> {
         Ok(self.backend.exists(&object_path(id))?)
+    }
+
+    /// Bytes an object's file takes in `objects/` (as stored: compressed or not); 0 when it
+    /// is not there.
+    pub fn object_size(&self, id: &str) -> Result<u64> {
+        if !is_hex_id(id) {
+            return Ok(0);
+        }
+        let path = object_path(id);
+        match self.backend.size(&path) {
+            Ok(size) => Ok(size),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+            Err(e) => {
+                Err(anyhow::Error::new(e).context(format!("store {}: reading the size of {path}", self.location())))
+            }
+        }
     }
 
     /// Every object id in the store.
@@ -441,15 +502,56 @@ impl Store {
 
     /// Writes a snapshot manifest. Called only after every object it names is durable, so
     /// a snapshot that can be listed can be restored. Returns the snapshot id.
+    ///
+    /// The commit goes through this process's session (see [`Store::ensure_session`]): the
+    /// manifest is written durably into `sessions/<id>/`, then renamed into `snapshots/`. If a
+    /// prune revoked the session meanwhile, the rename's source is gone and nothing is
+    /// committed: the prune may have deleted data this snapshot would name.
     pub fn write_snapshot(&self, snapshot: &Snapshot) -> Result<String> {
+        let repo = &snapshot.repo;
+        let Some(session) = self.session_id() else {
+            bail!(
+                "store {}: repository {repo}: a snapshot can only be committed inside a writer session (Store::ensure_session)",
+                self.location()
+            );
+        };
         let bytes = serde_json::to_vec_pretty(snapshot)?;
         let id = hash_hex(&bytes);
-        let dir = format!("snapshots/{}", repo_key(&snapshot.repo));
+        let dir = format!("snapshots/{}", repo_key(repo));
         self.backend.create_dir(&dir)?;
         let file = format!("{}-{id}", snapshot.created_at.format(STAMP_FORMAT));
-        self.backend
-            .write_new(&format!("{dir}/{file}"), &bytes)
-            .with_context(|| format!("store {}: writing snapshot {id} of {}", self.location(), snapshot.repo))?;
+        let staged = format!("{}/{file}", session::session_dir(&session));
+        let target = format!("{dir}/{file}");
+        let revoked = || {
+            anyhow::anyhow!(
+                "store {}: repository {repo}: the snapshot was not committed: this backup stalled for longer than {} min \
+                 (by the store's clock) and a prune revoked its session ({}/{session}); run it again",
+                self.location(),
+                session::STALE_SESSION.as_secs() / 60,
+                session::REVOKED
+            )
+        };
+        let session_gone = || !self.backend.exists(&session::session_dir(&session)).unwrap_or(true);
+        if let Err(e) = self.backend.write_new(&staged, &bytes) {
+            if session_gone() {
+                return Err(revoked());
+            }
+            return Err(anyhow::Error::new(e)
+                .context(format!("store {}: writing snapshot {id} of {repo} into {staged}", self.location())));
+        }
+        if let Err(e) = self.backend.rename(&staged, &target) {
+            // On NFS a rename that reports failure may have happened (a retransmission).
+            if self.backend.exists(&target).unwrap_or(false) {
+                return Ok(id);
+            }
+            if session_gone() {
+                return Err(revoked());
+            }
+            return Err(anyhow::Error::new(e).context(format!(
+                "store {}: committing snapshot {id} of {repo} ({staged} to {target})",
+                self.location()
+            )));
+        }
         Ok(id)
     }
 
