@@ -205,3 +205,87 @@ impl<'k, W: Write> Joiner<'k, W> {
         self.writer.finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{path::Path, process::Command};
+
+    use super::*;
+    use crate::vcs::git::pack_index::{decode_v2, encode_v2};
+
+    fn git(dir: &Path, args: &[&str]) {
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(dir)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("HOME", dir)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.com")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.com")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// A pack git made, with deltas (a file edited over a few commits): its bytes and its
+    /// entries by offset.
+    fn git_pack(dir: &Path) -> (Vec<u8>, Vec<IndexEntry>, ObjectId) {
+        git(dir, &["init", "-q", "-b", "main", "repo"]);
+        let repo = dir.join("repo");
+        let mut text: String = (0..2000).map(|i| format!("line {i}\n")).collect();
+        for round in 0..4 {
+            text.insert_str(round * 997, "an edit\n");
+            std::fs::write(repo.join("file"), &text).unwrap();
+            git(&repo, &["add", "-A"]);
+            git(&repo, &["commit", "-q", "-m", "edit"]);
+        }
+        git(&repo, &["repack", "-q", "-adf"]);
+        let pack_dir = repo.join(".git/objects/pack");
+        let index = std::fs::read_dir(&pack_dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|e| e == "idx"))
+            .unwrap();
+        let (mut entries, checksum) = decode_v2(&std::fs::read(&index).unwrap(), gix::hash::Kind::Sha1).unwrap();
+        entries.sort_unstable_by_key(|e| e.offset);
+        (std::fs::read(index.with_extension("pack")).unwrap(), entries, checksum)
+    }
+
+    fn input<'a>(pack: &'a [u8], entries: &[IndexEntry], checksum: ObjectId) -> Input<'a> {
+        Input {
+            label: "snapshot s1: pack p1".into(),
+            data: Box::new(pack),
+            entries: entries.to_vec(),
+            size: pack.len() as u64,
+            checksum,
+        }
+    }
+
+    #[test]
+    fn joining_a_pack_with_itself_writes_each_object_once_and_git_accepts_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pack, entries, checksum) = git_pack(dir.path());
+        let mut joiner = Joiner::new(Vec::new(), entries.len() as u32, gix::hash::Kind::Sha1, None).unwrap();
+        joiner.add(input(&pack, &entries, checksum)).unwrap();
+        joiner.add(input(&pack, &entries, checksum)).unwrap();
+        let (joined_checksum, index, bytes) = joiner.finish().unwrap();
+        assert_eq!(index.len(), entries.len());
+        let path = dir.path().join(format!("pack-{joined_checksum}.pack"));
+        std::fs::write(&path, bytes).unwrap();
+        std::fs::write(path.with_extension("idx"), encode_v2(index, joined_checksum).unwrap()).unwrap();
+        git(dir.path(), &["verify-pack", &path.with_extension("idx").to_string_lossy()]);
+    }
+
+    #[test]
+    fn a_damaged_entry_is_refused_naming_the_snapshot_and_pack() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut pack, entries, checksum) = git_pack(dir.path());
+        let last = entries.last().unwrap().offset as usize;
+        pack[last + 4] ^= 0x40;
+        let mut joiner = Joiner::new(Vec::new(), entries.len() as u32, gix::hash::Kind::Sha1, None).unwrap();
+        let err = format!("{:#}", joiner.add(input(&pack, &entries, checksum)).unwrap_err());
+        assert!(err.contains("snapshot s1: pack p1") && err.contains("CRC32"), "{err}");
+    }
+}
