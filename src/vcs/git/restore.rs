@@ -49,8 +49,14 @@ pub fn build(store: &Store, chain: &[StoredSnapshot], target: &Path) -> Result<(
     };
     gix::init_bare(target).map_err(|e| anyhow!("{e}")).with_context(|| format!("creating {}", target.display()))?;
     let pack_dir = target.join("objects/pack");
+    let timer = std::time::Instant::now();
     let joined = join_stored_packs(store, chain, &pack_dir, object_hash)
         .with_context(|| format!("snapshot {}: joining its packs", last.id))?;
+    tracing::debug!(
+        seconds = timer.elapsed().as_secs_f64(),
+        objects = joined.as_ref().map_or(0, |j| j.entries.len()),
+        "joined the snapshot's packs"
+    );
     if let Some(joined) = joined
         && last.snapshot.may_hold_unreachable()
     {
@@ -175,7 +181,13 @@ fn keep_reachable(target: &Path, snapshot: &Snapshot, joined: Written, object_ha
     handle.prevent_pack_unload();
     handle.ignore_replacements = true;
     handle.set_pack_cache(|| Box::new(gix_pack::cache::lru::MemoryCappedHashmap::new(PACK_CACHE_BYTES)));
+    let timer = std::time::Instant::now();
     let reachable = reachable(&repo, &handle, snapshot)?;
+    tracing::debug!(
+        seconds = timer.elapsed().as_secs_f64(),
+        objects = reachable.len(),
+        "counted the reachable objects"
+    );
     if reachable.len() == joined.entries.len() {
         return Ok(());
     }
@@ -201,7 +213,12 @@ fn keep_reachable(target: &Path, snapshot: &Snapshot, joined: Written, object_ha
         })?;
         let read_whole = joiner.read_whole;
         finish_pack(joiner, temp, &pack_dir)?;
-        tracing::debug!(objects = reachable.len(), read_whole, "rewrote the pack with the reachable objects only");
+        tracing::debug!(
+            seconds = timer.elapsed().as_secs_f64(),
+            objects = reachable.len(),
+            read_whole,
+            "rewrote the pack with the reachable objects only"
+        );
     }
     drop(handle);
     drop(repo);
