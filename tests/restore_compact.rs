@@ -133,3 +133,35 @@ fn a_branch_force_pushed_away_does_not_come_back_in_a_later_restore() {
     assert!(all_objects(&before).contains(&secret_blob), "the snapshot taken before the force-push still has it");
     assert_one_clean_pack(&before);
 }
+
+/// The longest delta chain in a repository's packs, as `git verify-pack` reports it.
+fn max_delta_chain(repo: &Path) -> u64 {
+    let mut longest = 0;
+    for pack in pack_files(repo) {
+        let report = git(repo, &["verify-pack", "-v", &pack.with_extension("idx").to_string_lossy()]);
+        for line in report.lines().filter_map(|l| l.strip_prefix("chain length = ")) {
+            longest = longest.max(line.split(':').next().unwrap().parse().unwrap());
+        }
+    }
+    longest
+}
+
+#[test]
+fn a_file_changed_every_night_restores_with_delta_chains_at_most_50_deep() {
+    let env = Env::new();
+    env.init_store();
+    let repo = new_repo(&env.path("src"));
+    // A changelog: each night's version is stored as a delta against the night before's.
+    let mut log = noise_text(1, 20_000);
+    for night in 0..60u64 {
+        log.insert_str(0, &format!("{}\n", noise_text(100 + night, 80)));
+        commit_file(&repo, "CHANGELOG", &log, &format!("night {night}"));
+        env.backup("src", &repo);
+    }
+    let dest = env.path("restored.git");
+    env.restore("src", &dest, None);
+    assert_eq!(ref_state(&dest), ref_state(&repo));
+    assert_one_clean_pack(&dest);
+    let longest = max_delta_chain(&dest);
+    assert!(longest <= 50, "the longest delta chain is {longest}");
+}

@@ -9,8 +9,10 @@
 //! without appending any base. An object that an earlier pack already gave is skipped and
 //! deltas against it point at that first copy.
 //!
-//! With a set of objects to keep, the rest is left out; an entry whose base was left out is
-//! read whole through an object database and written deflated.
+//! Given an object database to read from, a set of objects to keep leaves the rest out, and
+//! an entry whose base was left out, or whose delta chain would grow deeper than git's
+//! default `--depth` (nightly snapshots chain each night's version of a file to the one
+//! before), is read whole and written deflated.
 
 use std::io::{Read, Write};
 
@@ -39,6 +41,10 @@ pub struct Input<'r> {
 /// In a pack's map from its entries to the new pack: left out.
 const NOT_WRITTEN: u32 = u32::MAX;
 
+/// Longest delta chain written when objects can be read whole: git's default (`pack.depth`).
+/// Longer chains are valid but each read of their newest object applies every delta.
+pub const MAX_DELTA_DEPTH: u16 = 50;
+
 /// The pack being written and where every object went.
 pub struct Joiner<'k, W: Write> {
     writer: PackWriter<W>,
@@ -47,8 +53,13 @@ pub struct Joiner<'k, W: Write> {
     written: HashMap<ObjectId, u32>,
     /// Objects to write; `None`: all.
     keep: Option<&'k HashSet<ObjectId>>,
-    /// Where objects whose delta base was left out are read whole.
+    /// Where objects are read whole: those whose delta base was left out, and those whose
+    /// chain would be too deep.
     find: Option<&'k dyn gix_pack::Find>,
+    /// Delta chain length of every entry written, by position (0 for a whole object).
+    depths: Vec<u16>,
+    /// The longest delta chain written.
+    pub max_depth: u16,
     /// REF_DELTAs written as they are because their base comes later in the same pack;
     /// each base must have been written by the end.
     forward: Vec<(ObjectId, ObjectId, String)>,
@@ -59,20 +70,23 @@ pub struct Joiner<'k, W: Write> {
 }
 
 impl<'k, W: Write> Joiner<'k, W> {
-    /// Starts a pack of `num_objects` objects. With `keep`, only those objects are written,
-    /// and `find` must be able to read every one of them.
+    /// Starts a pack of `num_objects` objects. With `find`, every object can be read whole
+    /// (then `keep`, if given, names the only objects written, and delta chains are cut at
+    /// [`MAX_DELTA_DEPTH`]).
     pub fn new(
         out: W,
         num_objects: u32,
         object_hash: gix::hash::Kind,
-        keep: Option<(&'k HashSet<ObjectId>, &'k dyn gix_pack::Find)>,
+        find: Option<(&'k dyn gix_pack::Find, Option<&'k HashSet<ObjectId>>)>,
     ) -> Result<Self> {
         Ok(Joiner {
             writer: PackWriter::new(out, num_objects, object_hash)?,
             object_hash,
             written: HashMap::default(),
-            keep: keep.map(|(k, _)| k),
-            find: keep.map(|(_, f)| f),
+            keep: find.and_then(|(_, k)| k),
+            find: find.map(|(f, _)| f),
+            depths: Vec::with_capacity(num_objects as usize),
+            max_depth: 0,
             forward: Vec::new(),
             entry: Vec::new(),
             object: Vec::new(),
@@ -154,6 +168,16 @@ impl<'k, W: Write> Joiner<'k, W> {
                     }
                 },
             };
+            // A forward REF_DELTA's base depth is not known yet: counted as a whole object.
+            let depth = match kind {
+                Some(output::entry::Kind::DeltaRef { object_index }) => self.depths[object_index].saturating_add(1),
+                Some(output::entry::Kind::DeltaOid { .. }) => 1,
+                _ => 0,
+            };
+            let (kind, depth) = match kind {
+                Some(_) if depth > MAX_DELTA_DEPTH && self.find.is_some() => (None, 0),
+                kind => (kind, depth),
+            };
             let written = match kind {
                 Some(kind) => output::Entry {
                     id: entry.id,
@@ -165,6 +189,8 @@ impl<'k, W: Write> Joiner<'k, W> {
                 None => self.read_whole(entry.id)?,
             };
             self.writer.write_entry(written)?;
+            self.depths.push(depth);
+            self.max_depth = self.max_depth.max(depth);
             self.written.insert(entry.id, position);
             placed[at] = position;
         }
@@ -181,7 +207,7 @@ impl<'k, W: Write> Joiner<'k, W> {
 
     /// Reads `id` whole (its base was left out) and deflates it as a base entry.
     fn read_whole(&mut self, id: ObjectId) -> Result<output::Entry> {
-        let find = self.find.expect("only called when objects are left out");
+        let find = self.find.expect("only called with an object database");
         let (data, _) = find
             .try_find(&id, &mut self.object)
             .map_err(|e| anyhow!("{e}"))

@@ -28,7 +28,7 @@ use gix::{
 use gix_pack::data::output::count::objects::ObjectExpansion;
 
 use super::{
-    pack_concat::{Input, Joiner},
+    pack_concat::{Input, Joiner, MAX_DELTA_DEPTH},
     pack_index::{IndexEntry, decode_v2, encode_v2},
 };
 use crate::{
@@ -58,10 +58,10 @@ pub fn build(store: &Store, chain: &[StoredSnapshot], target: &Path) -> Result<(
         "joined the snapshot's packs"
     );
     if let Some(joined) = joined
-        && last.snapshot.may_hold_unreachable()
+        && (last.snapshot.may_hold_unreachable() || joined.max_depth > MAX_DELTA_DEPTH)
     {
-        keep_reachable(target, &last.snapshot, joined, object_hash)
-            .with_context(|| format!("snapshot {}: leaving out what its refs do not reach", last.id))?;
+        rewrite(target, &last.snapshot, joined, object_hash)
+            .with_context(|| format!("snapshot {}: rewriting its joined pack", last.id))?;
     }
     write_refs(target, &last.snapshot)?;
     Ok(())
@@ -73,6 +73,8 @@ struct Written {
     index: PathBuf,
     /// Its entries in pack order.
     entries: Vec<IndexEntry>,
+    /// Its longest delta chain.
+    max_depth: u16,
 }
 
 /// Pass 1: every pack of the chain, oldest first, joined into one. `None` when the chain
@@ -145,6 +147,7 @@ fn temp_pack(pack_dir: &Path) -> Result<(fs::File, tempfile::TempPath)> {
 /// Ends the pack, makes it and then its index durable, and gives both their names: a reader
 /// that sees the index finds the whole pack.
 fn finish_pack(joiner: Joiner<'_, BufWriter<fs::File>>, temp: tempfile::TempPath, pack_dir: &Path) -> Result<Written> {
+    let max_depth = joiner.max_depth;
     let (checksum, entries, out) = joiner.finish()?;
     let file = out.into_inner().map_err(|e| e.into_error()).context("writing the pack")?;
     file.sync_all().context("writing the pack")?;
@@ -159,7 +162,7 @@ fn finish_pack(joiner: Joiner<'_, BufWriter<fs::File>>, temp: tempfile::TempPath
     fs::File::open(pack_dir)
         .and_then(|dir| dir.sync_all())
         .with_context(|| format!("syncing {}", pack_dir.display()))?;
-    Ok(Written { pack, index, entries })
+    Ok(Written { pack, index, entries, max_depth })
 }
 
 type Handle = gix::odb::Cache<gix::odb::store::Handle<std::sync::Arc<gix::odb::Store>>>;
@@ -167,9 +170,10 @@ type Handle = gix::odb::Cache<gix::odb::store::Handle<std::sync::Arc<gix::odb::S
 /// Delta-base cache of the reachability walk and of the objects read whole.
 const PACK_CACHE_BYTES: usize = 32 << 20;
 
-/// Pass 2: counts what the snapshot's refs reach in the joined pack and, unless that is
-/// every object, rewrites the pack with only those.
-fn keep_reachable(target: &Path, snapshot: &Snapshot, joined: Written, object_hash: gix::hash::Kind) -> Result<()> {
+/// Pass 2: rewrites the joined pack with only what the snapshot's refs reach (when its packs
+/// may hold more) and with delta chains cut at git's default depth (when they grew deeper:
+/// a file changed night after night), unless that would change nothing.
+fn rewrite(target: &Path, snapshot: &Snapshot, joined: Written, object_hash: gix::hash::Kind) -> Result<()> {
     let open = || {
         gix::open_opts(target, gix::open::Options::isolated())
             .map_err(|e| anyhow!("{e}"))
@@ -182,24 +186,30 @@ fn keep_reachable(target: &Path, snapshot: &Snapshot, joined: Written, object_ha
     handle.ignore_replacements = true;
     handle.set_pack_cache(|| Box::new(gix_pack::cache::lru::MemoryCappedHashmap::new(PACK_CACHE_BYTES)));
     let timer = std::time::Instant::now();
-    let reachable = reachable(&repo, &handle, snapshot)?;
-    tracing::debug!(
-        seconds = timer.elapsed().as_secs_f64(),
-        objects = reachable.len(),
-        "counted the reachable objects"
-    );
-    if reachable.len() == joined.entries.len() {
+    let reachable = if snapshot.may_hold_unreachable() {
+        let reachable = reachable(&repo, &handle, snapshot)?;
+        tracing::debug!(
+            seconds = timer.elapsed().as_secs_f64(),
+            objects = reachable.len(),
+            "counted the reachable objects"
+        );
+        Some(reachable).filter(|r| r.len() != joined.entries.len())
+    } else {
+        None
+    };
+    if reachable.is_none() && joined.max_depth <= MAX_DELTA_DEPTH {
         return Ok(());
     }
     let pack_dir = target.join("objects/pack");
-    if !reachable.is_empty() {
-        let num_objects = u32::try_from(reachable.len()).context("more than 2^32 objects in one pack")?;
+    let num_objects = reachable.as_ref().map_or(joined.entries.len(), |r| r.len());
+    if num_objects > 0 {
+        let num_objects = u32::try_from(num_objects).context("more than 2^32 objects in one pack")?;
         let (file, temp) = temp_pack(&pack_dir)?;
         let mut joiner = Joiner::new(
             BufWriter::with_capacity(1 << 20, file),
             num_objects,
             object_hash,
-            Some((&reachable, &handle)),
+            Some((&handle, reachable.as_ref())),
         )?;
         let source = fs::File::open(&joined.pack).with_context(|| format!("opening {}", joined.pack.display()))?;
         let size = source.metadata()?.len();
@@ -213,12 +223,7 @@ fn keep_reachable(target: &Path, snapshot: &Snapshot, joined: Written, object_ha
         })?;
         let read_whole = joiner.read_whole;
         finish_pack(joiner, temp, &pack_dir)?;
-        tracing::debug!(
-            seconds = timer.elapsed().as_secs_f64(),
-            objects = reachable.len(),
-            read_whole,
-            "rewrote the pack with the reachable objects only"
-        );
+        tracing::debug!(seconds = timer.elapsed().as_secs_f64(), objects = num_objects, read_whole, "rewrote the pack");
     }
     drop(handle);
     drop(repo);
