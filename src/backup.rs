@@ -64,7 +64,13 @@ pub fn backup_git(
 ) -> Result<BackupReport> {
     crate::name::validate(name)?;
     let source_path = canonical_source_path(path);
-    let base = incremental_base(store, name)?.filter(|chain| may_chain(name, chain, &source_path, chaining));
+    let mut base = incremental_base(store, name)?.filter(|chain| may_chain(name, chain, &source_path, chaining));
+    if store.snapshots_are_complete()
+        && let Some(chain) = &base
+        && !worth_inheriting(store, name, chain)?
+    {
+        base = None;
+    }
     let parent = base.as_ref().and_then(|chain| chain.last());
     let previous = parent.map(|p| previous_of(&p.snapshot)).transpose()?;
     let mut attempt = 0;
@@ -78,6 +84,10 @@ pub fn backup_git(
         let refs_stat = git::source::refs_stat(&git_dir);
         let refs = git::source::read_refs(&repo)?;
         let object_format = repo.object_hash().to_string();
+        let reach_lost = match &previous {
+            Some(previous) if store.snapshots_are_complete() => git::backup::reach_lost(&repo, previous, &refs),
+            _ => false,
+        };
         let result = git::backup::write_pack(store, repo, &refs, previous.as_ref(), limiter);
         let outcome = match result {
             Ok(outcome) => outcome,
@@ -102,8 +112,13 @@ pub fn backup_git(
             refs: refs.refs.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
             symbolic_refs: refs.symbolic_refs.clone(),
             object_format,
-            packs: outcome.pack.iter().cloned().collect(),
-            packs_hold_unreachable: None,
+            packs: packs_needed(store, parent, outcome.pack.as_ref()),
+            new_packs: store.snapshots_are_complete().then(|| usize::from(outcome.pack.is_some())),
+            packs_hold_unreachable: store.snapshots_are_complete().then(|| match parent {
+                // A full snapshot's pack holds exactly what its refs reach.
+                None => false,
+                Some(parent) => parent.snapshot.may_hold_unreachable() || reach_lost,
+            }),
             source_path: source_path.clone(),
             hostname: hostname(),
             tool_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -148,6 +163,65 @@ fn incremental_base(store: &Store, name: &str) -> Result<Option<Vec<StoredSnapsh
             Ok(None)
         }
     }
+}
+
+/// Once the packs a snapshot would inherit beyond its first (full) pack reach this share of
+/// it, the snapshot is full instead. This bounds what a restore of the newest snapshot reads
+/// (at most 1.15 times a full snapshot's packs, however many nights are behind it) and what
+/// `prune --keep-last 1` leaves; what it costs is a full pack every so often, measured in
+/// the README.
+const FULL_AFTER_SHARE: (u64, u64) = (15, 100);
+/// And after this many packs, whatever their size: each costs a read of its index per night.
+const MAX_INHERITED_PACKS: usize = 64;
+
+/// In a store whose snapshots are complete (format 3), whether a new snapshot of `name`
+/// should inherit the packs of its latest one (`chain`, that one snapshot) rather than be
+/// full: not when they have grown too many (see [`FULL_AFTER_SHARE`]), and not when a chunk
+/// they name is missing from `objects/`. The latter is what keeps prune safe: a chunk a
+/// prune moved to its trash after this backup's session began is protected by the session,
+/// but one moved before may be deleted, so it must not be named again.
+fn worth_inheriting(store: &Store, name: &str, chain: &[StoredSnapshot]) -> Result<bool> {
+    let Some(latest) = chain.last() else { return Ok(false) };
+    let packs = &latest.snapshot.packs;
+    if let Some((first, later)) = packs.split_first() {
+        let later_bytes: u64 = later.iter().map(|p| p.pack.size).sum();
+        let (share, of) = FULL_AFTER_SHARE;
+        if packs.len() >= MAX_INHERITED_PACKS || later_bytes * of > first.pack.size * share {
+            tracing::info!(
+                repo = name,
+                packs = packs.len(),
+                full_bytes = first.pack.size,
+                later_bytes,
+                "the packs since the last full snapshot have grown: this backup is a full snapshot"
+            );
+            return Ok(false);
+        }
+    }
+    for pack in packs {
+        for chunk in pack.pack.chunks.iter().chain(&pack.index.chunks) {
+            if !store.has_object(chunk).with_context(|| format!("repository {name}: checking stored chunk {chunk}"))? {
+                tracing::warn!(
+                    repo = name,
+                    snapshot = latest.id,
+                    chunk,
+                    "a chunk of the latest snapshot is not in objects/ (a prune moved it aside): this backup is a full snapshot"
+                );
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// The packs a new snapshot names: in a store whose snapshots are complete, the parent's
+/// packs and the new one; before format 3 only the new one.
+fn packs_needed(
+    store: &Store,
+    parent: Option<&StoredSnapshot>,
+    new: Option<&crate::snapshot::PackRecord>,
+) -> Vec<crate::snapshot::PackRecord> {
+    let inherited = parent.filter(|_| store.snapshots_are_complete()).map(|p| p.snapshot.packs.as_slice());
+    inherited.unwrap_or_default().iter().chain(new).cloned().collect()
 }
 
 /// Whether a snapshot of `name` from `here` (canonical) may be chained to `chain`, whose

@@ -54,6 +54,10 @@ pub struct Snapshot {
     /// those it inherited from earlier snapshots and its new one. Formats 1 and 2: only the
     /// data new in this snapshot (the rest is in its parent chain).
     pub packs: Vec<PackRecord>,
+    /// Store format 3 on: how many packs at the end of `packs` this snapshot stored (the
+    /// others it inherited). Absent: all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_packs: Option<usize>,
     /// Store format 3 on: whether `packs` may hold objects that `refs` no longer reach (a
     /// branch deleted or force-pushed since the packs were written), which a restore must
     /// then leave out. Absent in older snapshots: unknown, so taken as `true`.
@@ -84,6 +88,12 @@ impl Snapshot {
     /// The short form shown to people; any unique prefix works for `--at`.
     pub fn short_id(id: &str) -> &str {
         &id[..id.len().min(12)]
+    }
+
+    /// The packs this snapshot stored, as opposed to those it inherited.
+    pub fn packs_stored_here(&self) -> &[PackRecord] {
+        let new = self.new_packs.unwrap_or(self.packs.len()).min(self.packs.len());
+        &self.packs[self.packs.len() - new..]
     }
 
     /// Whether a restore must leave out objects the refs do not reach (see

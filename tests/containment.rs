@@ -123,9 +123,10 @@ fn manifest_exists(env: &Env, name: &str, id: &str) -> bool {
     files_under(&dir).iter().any(|f| f.to_string_lossy().ends_with(id))
 }
 
-/// A repository `r` with three chained snapshots.
-fn three_snapshots(env: &Env) -> (PathBuf, [String; 3]) {
-    env.init_store();
+/// A repository `r` with three snapshots in a store of `format` (before 3, each chained to
+/// the one before).
+fn three_snapshots(env: &Env, format: u32) -> (PathBuf, [String; 3]) {
+    env.init_store_format(format);
     let repo = new_repo(&env.path("r"));
     let mut ids = Vec::new();
     for i in 0..3 {
@@ -138,7 +139,7 @@ fn three_snapshots(env: &Env) -> (PathBuf, [String; 3]) {
 #[test]
 fn forgetting_a_snapshot_later_ones_chain_to_is_refused_without_force() {
     let env = Env::new();
-    let (_, [_, middle, last]) = three_snapshots(&env);
+    let (_, [_, middle, last]) = three_snapshots(&env, 2);
     let out = env.rv(&["forget", "r", "--snapshot", &middle]);
     assert_eq!(code(&out), 2, "{}", stderr(&out));
     assert!(stderr(&out).contains(&last[..12]), "lists the later snapshot: {}", stderr(&out));
@@ -149,7 +150,7 @@ fn forgetting_a_snapshot_later_ones_chain_to_is_refused_without_force() {
 #[test]
 fn forced_forget_marks_later_snapshots_unrestorable_and_the_next_backup_is_full() {
     let env = Env::new();
-    let (repo, [first, middle, last]) = three_snapshots(&env);
+    let (repo, [first, middle, last]) = three_snapshots(&env, 2);
     let out = env.rv_ok(&["forget", "r", "--snapshot", &middle, "--force"]);
     assert!(out.contains(&last) && out.contains("can no longer be restored"), "{out}");
 
@@ -170,7 +171,7 @@ fn forced_forget_marks_later_snapshots_unrestorable_and_the_next_backup_is_full(
 #[test]
 fn backup_after_a_damaged_parent_is_full_and_restores() {
     let env = Env::new();
-    let (repo, [first, _, _]) = three_snapshots(&env);
+    let (repo, [first, _, _]) = three_snapshots(&env, 2);
     damage(&env, "r", &first);
     commit_file(&repo, "f", "v3", "c3");
     let report = backup_json(&env, "r", &repo);
@@ -183,7 +184,7 @@ fn backup_after_a_damaged_parent_is_full_and_restores() {
 #[test]
 fn a_store_read_error_on_the_chain_fails_the_backup_instead_of_a_full_snapshot() {
     let env = Env::new();
-    let (repo, [first, _, _]) = three_snapshots(&env);
+    let (repo, [first, _, _]) = three_snapshots(&env, 2);
     // A manifest that cannot be read at all (not damaged content): an I/O error.
     let file = manifest(&env, "r", &first);
     std::fs::remove_file(&file).unwrap();
@@ -193,6 +194,30 @@ fn a_store_read_error_on_the_chain_fails_the_backup_instead_of_a_full_snapshot()
     let out = env.rv(&["backup", "--name", "r", &repo.to_string_lossy()]);
     assert_eq!(code(&out), 1, "{}", stderr(&out));
     assert_eq!(snapshot_count(&env.path("store")), before, "no snapshot written");
+}
+
+/// From format 3 on a snapshot names every pack it needs: forgetting older ones, even the
+/// parent of the latest, needs no --force and leaves the others restorable, and the next
+/// backup still builds on the latest.
+#[test]
+fn in_a_format_3_store_forgetting_any_snapshot_leaves_the_others_restorable() {
+    let env = Env::new();
+    let (repo, [first, middle, last]) = three_snapshots(&env, 3);
+    let before_forget = ref_state(&repo);
+    let out = env.rv_ok(&["forget", "r", "--snapshot", &middle, "--snapshot", &first]);
+    assert!(!out.contains("can no longer be restored"), "{out}");
+    let list = listed(&env, "r");
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["id"], last.as_str());
+    assert_eq!(list[0]["restorable"], true);
+    let dest = env.path("last");
+    env.restore("r", &dest, Some(&last));
+    assert_eq!(ref_state(&dest), before_forget);
+    commit_file(&repo, "f", "v3", "c3");
+    let report = backup_json(&env, "r", &repo);
+    assert_eq!(report["parent"], last.as_str(), "incremental to the latest: {report}");
+    env.restore_matches("r", &env.path("out"), &repo);
+    assert_eq!(code(&env.rv(&["verify", "--deep"])), 0);
 }
 
 #[test]

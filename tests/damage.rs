@@ -225,9 +225,10 @@ fn damaged_snapshot_manifest_is_reported_by_verify() {
     assert!(problems.iter().any(|p| p["problem"].as_str().unwrap().contains("damaged")), "{report}");
 }
 
-/// Three snapshots chained oldest to newest; returns their ids and manifest files.
+/// Three snapshots chained oldest to newest in a format 2 store (where a snapshot needs its
+/// parent); returns their ids and manifest files.
 fn chained_snapshots(env: &Env) -> Vec<(String, PathBuf)> {
-    env.init_store();
+    env.init_store_format(2);
     let repo = new_repo(&env.path("src"));
     let ids: Vec<String> = (0..3)
         .map(|i| {

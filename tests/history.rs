@@ -190,15 +190,19 @@ fn backups_during_pushes_and_gc_are_consistent() {
 
 /// The packs written into the store for `name`'s snapshots, oldest first, as the manifests
 /// record them.
+/// Every pack stored, once each (from format 3 on, a snapshot also names the packs it
+/// inherited).
 fn pack_records(store: &Path) -> Vec<serde_json::Value> {
     let mut manifests: Vec<_> = files_under(&store.join("snapshots"));
     manifests.sort_by_key(|p| p.file_name().unwrap().to_owned());
+    let mut seen = std::collections::HashSet::new();
     manifests
         .iter()
         .flat_map(|m| {
             let json: serde_json::Value = serde_json::from_slice(&std::fs::read(m).unwrap()).unwrap();
             json["packs"].as_array().cloned().unwrap_or_default()
         })
+        .filter(|pack| seen.insert(pack["checksum"].as_str().unwrap().to_owned()))
         .collect()
 }
 
@@ -254,11 +258,9 @@ fn small_edits_are_stored_as_deltas_and_every_snapshot_restores() {
 #[test]
 fn a_version_1_store_gets_no_thin_packs() {
     let env = Env::new();
-    env.init_store();
+    env.init_store_format(1);
     let config_path = env.path("store/config");
-    let config = std::fs::read_to_string(&config_path).unwrap().replace("\"format\": 2", "\"format\": 1");
-    assert!(config.contains("\"format\": 1"), "{config}");
-    std::fs::write(&config_path, &config).unwrap();
+    let config = std::fs::read_to_string(&config_path).unwrap();
     let repo = new_repo(&env.path("src"));
     let text = noise_text(3, 100_000);
     commit_file(&repo, "f.txt", &text, "one");
@@ -307,4 +309,123 @@ fn replace_refs_do_not_hide_objects_from_a_snapshot() {
     assert!(out.status.success(), "fsck without replacements: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(git(&dest, &["--no-replace-objects", "show", "other~1:f.txt"]), format!("{text}first orphan version\n"));
     assert_eq!(code(&env.rv(&["verify", "--deep"])), 0);
+}
+
+/// The latest snapshot's manifest, as stored.
+fn latest_manifest(env: &Env, name: &str) -> serde_json::Value {
+    let dir = env.path("store/snapshots").join(repovault::store::repo_key(name));
+    let mut files = files_under(&dir);
+    files.sort();
+    serde_json::from_slice(&std::fs::read(files.last().unwrap()).unwrap()).unwrap()
+}
+
+/// Format 3: each snapshot names the packs it inherited and its new one; once what came
+/// after the last full snapshot outgrows a share of it, the next snapshot is full again, so
+/// a restore of the newest never reads much more than one full snapshot.
+#[test]
+fn snapshots_inherit_packs_until_a_full_one_is_due() {
+    let env = Env::new();
+    env.init_store();
+    let repo = new_repo(&env.path("src"));
+    commit_file(&repo, "base.txt", &noise_text(1, 100_000), "base");
+    env.backup("src", &repo);
+    let mut packs_seen = vec![1];
+    for night in 0..8 {
+        // Each night about 8% of the full snapshot, new and incompressible.
+        commit_file(&repo, &format!("night{night}.txt"), &noise_text(100 + night, 8_000), &format!("night {night}"));
+        env.backup("src", &repo);
+        packs_seen.push(latest_manifest(&env, "src")["packs"].as_array().unwrap().len());
+    }
+    let listed = snapshots_json(&env, "src");
+    assert_eq!(listed[1]["parent"], listed[0]["id"], "the second night is incremental");
+    assert!(packs_seen.windows(2).any(|w| w[1] == w[0] + 1), "packs accumulate: {packs_seen:?}");
+    let full_again = packs_seen.iter().skip(1).position(|&n| n == 1).expect("a later full snapshot") + 1;
+    assert!(full_again <= 4, "a full snapshot once later packs pass 15% of the full one: {packs_seen:?}");
+    assert_eq!(listed[full_again]["parent"], serde_json::Value::Null, "{:?}", listed[full_again]);
+    assert!(packs_seen.iter().all(|&n| n <= 4), "{packs_seen:?}");
+    for (i, snapshot) in listed.iter().enumerate() {
+        let dest = env.path(&format!("r{i}"));
+        env.restore("src", &dest, Some(snapshot["id"].as_str().unwrap()));
+        fsck(&dest);
+    }
+    assert_eq!(code(&env.rv(&["verify", "--deep"])), 0);
+}
+
+/// A snapshot records whether its packs may hold objects its refs no longer reach: not
+/// after a fast-forward or the deletion of a merged branch, yes after a force-push (until
+/// the next full snapshot).
+#[test]
+fn a_force_push_is_recorded_as_packs_holding_unreachable_objects() {
+    let env = Env::new();
+    env.init_store();
+    let repo = new_repo(&env.path("src"));
+    // Large enough that the small commits below stay far from a full snapshot being due.
+    commit_file(&repo, "big", &noise_text(9, 200_000), "big");
+    commit_file(&repo, "a", "1", "one");
+    git(&repo, &["branch", "merged"]);
+    env.backup("src", &repo);
+    assert_eq!(latest_manifest(&env, "src")["packs_hold_unreachable"], false, "a full snapshot");
+    commit_file(&repo, "a", "2", "two");
+    git(&repo, &["branch", "-D", "merged"]);
+    env.backup("src", &repo);
+    assert_eq!(latest_manifest(&env, "src")["packs_hold_unreachable"], false, "everything is still reachable");
+    commit_file(&repo, "secret", "leaked", "oops");
+    env.backup("src", &repo);
+    git(&repo, &["reset", "--hard", "HEAD~1"]);
+    commit_file(&repo, "a", "3", "three");
+    env.backup("src", &repo);
+    assert_eq!(latest_manifest(&env, "src")["packs_hold_unreachable"], true, "the leaked commit is unreachable");
+    commit_file(&repo, "a", "4", "four");
+    env.backup("src", &repo);
+    assert_eq!(latest_manifest(&env, "src")["packs_hold_unreachable"], true, "inherited with the packs");
+}
+
+/// A chunk of the latest snapshot missing from objects/ (a prune moved it aside): the next
+/// backup does not name it again but is full, and restores.
+#[test]
+fn a_latest_snapshot_whose_chunk_is_gone_from_objects_gets_a_full_snapshot_after_it() {
+    let env = Env::new();
+    env.init_store();
+    let repo = new_repo(&env.path("src"));
+    commit_file(&repo, "a", &noise_text(5, 30_000), "one");
+    env.backup("src", &repo);
+    let chunk = latest_manifest(&env, "src")["packs"][0]["pack"]["chunks"][0].as_str().unwrap().to_owned();
+    let object = env.path("store/objects").join(&chunk[..2]).join(&chunk);
+    std::fs::rename(&object, env.path("aside")).unwrap();
+    commit_file(&repo, "a", &noise_text(6, 30_000), "two");
+    env.backup("src", &repo);
+    let latest = latest_manifest(&env, "src");
+    assert_eq!(latest["parent"], serde_json::Value::Null, "{latest}");
+    assert_eq!(latest["packs"].as_array().unwrap().len(), 1, "{latest}");
+    assert!(!latest.to_string().contains(&chunk) || object.exists(), "the moved chunk is not named unless rewritten");
+    env.restore_matches("src", &env.path("out"), &repo);
+}
+
+/// A forge's repository as pushes leave it: one pack per push, each carrying whole copies
+/// of the bases its deltas need (`index-pack --fix-thin`). A full snapshot keeps those
+/// deltas (against the copy of the base it took from another pack) instead of storing every
+/// version whole.
+#[test]
+fn a_full_snapshot_of_pushed_packs_keeps_their_deltas() {
+    let env = Env::new();
+    env.init_store();
+    let work = new_repo(&env.path("work"));
+    let forge = env.path("forge.git");
+    git(&env.path(""), &["init", "-q", "--bare", &forge.to_string_lossy()]);
+    // Every push is kept as a pack, however small.
+    git(&forge, &["config", "receive.unpackLimit", "1"]);
+    let text = noise_text(11, 300_000);
+    let mut lines: Vec<String> = text.as_bytes().chunks(60).map(|l| String::from_utf8(l.to_vec()).unwrap()).collect();
+    for push in 0..6 {
+        lines[push * 31] = format!("edited before push {push}");
+        commit_file(&work, "big.txt", &(lines.join("\n") + "\n"), &format!("push {push}"));
+        git(&work, &["push", "-q", &forge.to_string_lossy(), "HEAD:refs/heads/main"]);
+    }
+    let packs = std::fs::read_dir(forge.join("objects/pack")).unwrap().flatten();
+    assert!(packs.filter(|e| e.path().extension().is_some_and(|x| x == "pack")).count() >= 6);
+    env.backup("forge", &forge);
+    let stored = snapshots_json(&env, "forge")[0]["pack_bytes"].as_u64().unwrap();
+    // One version whole is about 230 KB compressed; six whole would be 1.4 MB.
+    assert!(stored < 400_000, "full snapshot of six pushed versions: {stored} bytes");
+    env.restore_matches("forge", &env.path("out"), &forge);
 }

@@ -85,7 +85,8 @@ fn keep_last_dry_run_keeps_the_newest_and_changes_nothing() {
 #[test]
 fn a_forgotten_snapshot_a_kept_chain_needs_keeps_its_data() {
     let env = Env::new();
-    env.init_store();
+    // Before format 3 a snapshot needs its parent chain.
+    env.init_store_format(2);
     let snapshots = nightly_backups(&env, "app", 3);
     // Each night is incremental to the one before: the kept newest chains to both others.
     let report = prune_json(&env, &["--keep-last", "1"]);

@@ -40,6 +40,8 @@ pub struct ForgetArgs {
 
 /// A repository's snapshot files and, for those that read, their manifests.
 struct Repository {
+    /// Whether snapshots need their parents (stores before format 3).
+    chained: bool,
     entries: Vec<SnapshotEntry>,
     readable: HashMap<String, StoredSnapshot>,
 }
@@ -54,6 +56,9 @@ impl Repository {
     /// Readable snapshots, not themselves among `targets`, whose chain goes through one of
     /// `targets` (directly or transitively), oldest first.
     fn chained_to(&self, targets: &BTreeSet<String>) -> Vec<&SnapshotEntry> {
+        if !self.chained {
+            return Vec::new();
+        }
         let mut reached = targets.clone();
         // Entries are oldest first and a parent is older than its child, so one pass
         // suffices in practice; passes repeat until nothing changes, for odd clocks.
@@ -84,7 +89,11 @@ pub fn run(ctx: &Context, args: &ForgetArgs) -> Result<Outcome> {
     let store = ctx.open_store(&args.store)?;
     let entries = store.snapshot_entries(Some(name))?;
     let (good, _damaged) = store.snapshots_and_damage(Some(name))?;
-    let repo = Repository { entries, readable: good.into_iter().map(|s| (s.id.clone(), s)).collect() };
+    let repo = Repository {
+        chained: !store.snapshots_are_complete(),
+        entries,
+        readable: good.into_iter().map(|s| (s.id.clone(), s)).collect(),
+    };
     let mut targets = BTreeSet::new();
     for wanted in &args.snapshots {
         targets.insert(resolve(&repo, name, wanted)?.id.clone());

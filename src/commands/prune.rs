@@ -366,6 +366,7 @@ mod tests {
                 index: ChunkList { size: 0, chunks: Vec::new() },
                 thin: false,
             }],
+            new_packs: None,
             packs_hold_unreachable: None,
             source_path: "/src".into(),
             hostname: "h".into(),

@@ -47,7 +47,7 @@ pub fn run(ctx: &Context, args: &SnapshotsArgs) -> Result<Outcome> {
         return Err(usage(format!("repository {name}: not in store {}", store.location())));
     }
     let (snapshots, damaged) = store.snapshots_and_damage(args.name.as_deref())?;
-    let breaks = chain_breaks(&snapshots, &damaged);
+    let breaks = chain_breaks(store.snapshots_are_complete(), &snapshots, &damaged);
     if args.json {
         print_json(&snapshots, &breaks)?;
     } else {
@@ -76,8 +76,9 @@ fn print_json(snapshots: &[StoredSnapshot], breaks: &HashMap<String, ChainBreak>
                 "head_detached": snap.head_detached,
                 "refs": snap.refs,
                 "symbolic_refs": snap.symbolic_refs,
-                "objects": snap.packs.iter().map(|p| p.objects).sum::<u64>(),
-                "pack_bytes": snap.packs.iter().map(|p| p.pack.size).sum::<u64>(),
+                "objects": snap.packs_stored_here().iter().map(|p| p.objects).sum::<u64>(),
+                "pack_bytes": snap.packs_stored_here().iter().map(|p| p.pack.size).sum::<u64>(),
+                "packs": snap.packs.len(),
                 "restorable": chain_problem.is_none(),
                 "chain_problem": chain_problem,
             })
@@ -98,7 +99,7 @@ fn print_table(snapshots: &[StoredSnapshot], breaks: &HashMap<String, ChainBreak
             Snapshot::short_id(&s.id),
             display_time(&snap.created_at),
             snap.refs.len(),
-            snap.packs.iter().map(|p| p.pack.size).sum::<u64>(),
+            snap.packs_stored_here().iter().map(|p| p.pack.size).sum::<u64>(),
             snap.parent.as_deref().map(Snapshot::short_id).unwrap_or("-"),
             snap.repo
         );

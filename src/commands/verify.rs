@@ -249,14 +249,14 @@ pub fn verify(ctx: &Context, store: &Store, args: &VerifyArgs) -> Result<Report>
         objects.bar.set_message(output::escape(label).into_owned());
         report.repos_checked += 1;
         report.snapshots_checked += (repo.good.len() + repo.damaged.len()) as u64;
-        shallow_causes(repo, &mut objects, &mut causes);
+        shallow_causes(repo, store.snapshots_are_complete(), &mut objects, &mut causes);
     }
     objects.bar.finish_and_clear();
     if args.deep {
         deep_pass(ctx, store, &repos, &mut causes)?;
     }
     for repo in repos.values() {
-        report_repo(repo, &causes, &mut report);
+        report_repo(repo, store.snapshots_are_complete(), &causes, &mut report);
     }
     if args.names.is_empty() && args.sample.is_none() {
         unreferenced_objects(&mut objects, &mut report);
@@ -319,7 +319,8 @@ fn sample(repos: &mut BTreeMap<String, RepoSnapshots>, percent: u8) {
 }
 
 /// What breaks each snapshot of `repo` by itself: its manifest, its parent, its objects.
-fn shallow_causes(repo: &RepoSnapshots, objects: &mut ObjectChecks, causes: &mut DirectCauses) {
+/// In a store whose snapshots are complete (format 3) a parent is provenance only.
+fn shallow_causes(repo: &RepoSnapshots, complete: bool, objects: &mut ObjectChecks, causes: &mut DirectCauses) {
     for d in &repo.damaged {
         causes.entry(d.entry.id.clone()).or_default().push(Cause::Manifest(format!("{:#}", d.error)));
     }
@@ -328,6 +329,7 @@ fn shallow_causes(repo: &RepoSnapshots, objects: &mut ObjectChecks, causes: &mut
     for s in &repo.good {
         let mut found = Vec::new();
         if let Some(parent) = &s.snapshot.parent
+            && !complete
             && !known.contains(parent.as_str())
         {
             found.push(Cause::MissingParent(parent.clone()));
@@ -381,9 +383,9 @@ fn broken_ancestors<'a>(repo: &'a RepoSnapshots, causes: &DirectCauses) -> HashM
 }
 
 /// Adds the problems of one repository and its unrestorable snapshots to the report.
-fn report_repo(repo: &RepoSnapshots, causes: &DirectCauses, report: &mut Report) {
+fn report_repo(repo: &RepoSnapshots, complete: bool, causes: &DirectCauses, report: &mut Report) {
     let name = repo.name.as_deref();
-    let ancestors = broken_ancestors(repo, causes);
+    let ancestors = if complete { HashMap::new() } else { broken_ancestors(repo, causes) };
     let ids = repo.damaged.iter().map(|d| d.entry.id.as_str()).chain(repo.good.iter().map(|s| s.id.as_str()));
     let mut any = false;
     for id in ids {

@@ -25,9 +25,10 @@ use local::LocalBackend;
 pub use runs::RunRecord;
 
 /// The store format this binary writes into new stores. See docs/FORMAT.md.
-pub const FORMAT_VERSION: u32 = 2;
-/// The oldest store format this binary reads and writes. A version 1 store stays version 1
-/// (other binaries may still use it) and gets only self-contained packs.
+pub const FORMAT_VERSION: u32 = 3;
+/// The oldest store format this binary reads and writes. A store keeps the version it was
+/// created with (other binaries may still use it): version 1 gets only self-contained packs,
+/// versions 1 and 2 get snapshots chained to their parents.
 pub const OLDEST_FORMAT_VERSION: u32 = 1;
 const CONFIG_PATH: &str = "config";
 const MAGIC: &str = "repovault-store";
@@ -188,8 +189,16 @@ impl ChainBreak {
 
 /// For every readable snapshot whose chain does not reach a full snapshot through readable
 /// snapshots, where the chain breaks (the break nearest to it). Snapshots not in the map
-/// are restorable as far as manifests tell.
-pub fn chain_breaks(good: &[StoredSnapshot], damaged: &[DamagedSnapshot]) -> HashMap<String, ChainBreak> {
+/// are restorable as far as manifests tell. Only stores before format 3 have chains: pass
+/// [`Store::snapshots_are_complete`] as `complete`.
+pub fn chain_breaks(
+    complete: bool,
+    good: &[StoredSnapshot],
+    damaged: &[DamagedSnapshot],
+) -> HashMap<String, ChainBreak> {
+    if complete {
+        return HashMap::new();
+    }
     let parents: HashMap<&str, Option<&str>> =
         good.iter().map(|s| (s.id.as_str(), s.snapshot.parent.as_deref())).collect();
     let damaged: HashSet<&str> = damaged.iter().map(|d| d.entry.id.as_str()).collect();
@@ -373,6 +382,13 @@ impl Store {
     /// Whether packs may hold deltas against earlier snapshots (format 2 on).
     pub fn supports_thin_packs(&self) -> bool {
         self.config.format >= 2
+    }
+
+    /// Whether every snapshot names every pack it needs (format 3 on), so that its `parent`
+    /// is provenance only: forgetting a snapshot never breaks another. Before format 3 a
+    /// snapshot names only its new data and needs its parent chain.
+    pub fn snapshots_are_complete(&self) -> bool {
+        self.config.format >= 3
     }
 
     /// Stores `data` under its BLAKE3 name, compressed with zstd when that saves at least
@@ -613,6 +629,9 @@ impl Store {
     /// and says whether the chain is complete. Damaged or missing links make it broken; a
     /// file that cannot be read (I/O) is an error, never a broken chain.
     pub fn chain_state(&self, entries: &[SnapshotEntry], start: StoredSnapshot) -> Result<ChainState> {
+        if self.snapshots_are_complete() {
+            return Ok(ChainState::Complete(vec![start]));
+        }
         let by_id: HashMap<&str, &SnapshotEntry> = entries.iter().map(|e| (e.id.as_str(), e)).collect();
         let mut seen = HashSet::new();
         let mut chain = vec![start];
@@ -714,6 +733,7 @@ mod tests {
                 symbolic_refs: Default::default(),
                 object_format: "sha1".into(),
                 packs: Vec::new(),
+                new_packs: None,
                 packs_hold_unreachable: None,
                 source_path: "/r".into(),
                 hostname: "h".into(),
@@ -737,7 +757,7 @@ mod tests {
             repo: None,
             error: anyhow::anyhow!("x"),
         }];
-        let breaks = chain_breaks(&good, &damaged);
+        let breaks = chain_breaks(false, &good, &damaged);
         assert!(!breaks.contains_key("full") && !breaks.contains_key("a"));
         let missing = ChainBreak { child: "b".into(), parent: "f".into(), parent_damaged: false };
         assert_eq!(breaks["b"], missing);

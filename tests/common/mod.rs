@@ -54,6 +54,17 @@ impl Env {
         self.rv_ok(&["init"]);
     }
 
+    /// A store in an earlier format, as an earlier repovault made it: the layout is the
+    /// same, only the version in its config differs.
+    pub fn init_store_format(&self, format: u32) {
+        self.init_store();
+        let config_path = self.path("store/config");
+        let current = format!("\"format\": {}", repovault::store::FORMAT_VERSION);
+        let config = std::fs::read_to_string(&config_path).unwrap();
+        assert!(config.contains(&current), "{config}");
+        std::fs::write(&config_path, config.replace(&current, &format!("\"format\": {format}"))).unwrap();
+    }
+
     /// Backs up and returns the new snapshot id.
     pub fn backup(&self, name: &str, repo: &Path) -> String {
         let out = self.rv_ok(&["backup", "--name", name, &repo.to_string_lossy()]);

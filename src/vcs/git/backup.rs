@@ -131,6 +131,31 @@ fn select(repo: &gix::Repository, refs: &RefState, previous: &Previous) -> Resul
     Ok(selection)
 }
 
+/// Whether some object the previous snapshot's refs reached is no longer reached by `refs`
+/// (a branch deleted before it was merged, a force-push, a deleted annotated tag): the
+/// packs a snapshot inherits then hold objects its refs do not reach, which a restore must
+/// leave out. Errs on the side of `true`: that only makes restores do more work.
+pub fn reach_lost(repo: &gix::Repository, previous: &Previous, refs: &RefState) -> bool {
+    let current: BTreeSet<ObjectId> = refs.tips().collect();
+    let mut dropped_commits = Vec::new();
+    for tip in previous.tips.iter().filter(|tip| !current.contains(*tip)) {
+        match repo.try_find_object(*tip) {
+            Ok(Some(object)) if object.kind == gix::object::Kind::Commit => dropped_commits.push(*tip),
+            // A tag, tree or blob no ref names any more, or an object gone from the source.
+            _ => return true,
+        }
+    }
+    if dropped_commits.is_empty() {
+        return false;
+    }
+    let kept: Vec<ObjectId> = current.iter().filter_map(|tip| peel_to_commit(repo, *tip)).collect();
+    // Commits reachable from a dropped tip and not from the refs now: any one is lost.
+    match repo.rev_walk(dropped_commits).with_hidden(kept).all() {
+        Ok(mut walk) => walk.next().is_some(),
+        Err(_) => true,
+    }
+}
+
 fn peel_to_commit(repo: &gix::Repository, mut id: ObjectId) -> Option<ObjectId> {
     loop {
         let object = repo.try_find_object(id).ok()??;

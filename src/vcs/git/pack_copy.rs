@@ -166,7 +166,13 @@ pub fn source_packs(objects_dir: &Path, object_hash: gix::hash::Kind) -> Result<
         };
         let mut paths: Vec<_> =
             entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "idx")).collect();
-        paths.sort();
+        // Oldest first: a pack a push left carries copies of its deltas' bases, which are
+        // first copied (whole or as deltas) from the older pack they came from; taken from
+        // the newest pack first, every version would be stored whole.
+        paths.sort_by_cached_key(|p| {
+            let modified = std::fs::metadata(p.with_extension("pack")).and_then(|m| m.modified()).ok();
+            (modified, p.clone())
+        });
         for path in paths {
             // A pack that a concurrent gc deleted after the listing is skipped: its objects
             // are in the pack that replaced it, or the backup fails and is retried.
@@ -254,52 +260,85 @@ pub fn write_objects<W: Write>(
     let unpacked = remaining;
     let mut out =
         Written { in_packs: packs.iter().map(|p| vec![NOT_WRITTEN; p.offsets.len()]).collect(), ..Written::default() };
-    for (p, (pack, mut entries)) in packs.iter().zip(per_pack).enumerate() {
-        entries.sort_unstable();
-        let mut window = Window::default();
-        for at in entries {
-            let at = at as usize;
-            let offset = pack.offsets[at];
-            let index_at = pack.index_positions[at];
-            let id = pack.index.oid_at_index(index_at).to_owned();
-            let raw = pack
-                .entry_bytes(at, &mut window)
-                .with_context(|| format!("object {id}: reading {}", pack.data_path.display()))?;
-            if pack.index.crc32_at_index(index_at).is_some_and(|crc| crc != crc32fast::hash(raw)) {
-                bail!(
-                    "object {id} is corrupt in the source: its data in {} does not match the CRC32 its index records",
-                    pack.data_path.display()
-                );
+    // Copies entry `at` of pack `p`. Returns false, writing nothing, when `defer_until` says
+    // its base is an entry of the same pack that will be written later: the bases that
+    // `index-pack --fix-thin` appends to a pushed pack come after their deltas.
+    let copy = |out: &mut Written,
+                writer: &mut PackWriter<W>,
+                window: &mut Window,
+                p: usize,
+                at: usize,
+                defer_until: Option<&[bool]>|
+     -> Result<bool> {
+        let pack = &packs[p];
+        let offset = pack.offsets[at];
+        let index_at = pack.index_positions[at];
+        let id = pack.index.oid_at_index(index_at).to_owned();
+        let raw = pack
+            .entry_bytes(at, window)
+            .with_context(|| format!("object {id}: reading {}", pack.data_path.display()))?;
+        if pack.index.crc32_at_index(index_at).is_some_and(|crc| crc != crc32fast::hash(raw)) {
+            bail!(
+                "object {id} is corrupt in the source: its data in {} does not match the CRC32 its index records",
+                pack.data_path.display()
+            );
+        }
+        let entry = gix_pack::data::Entry::from_bytes(raw, offset, id.kind())
+            .map_err(|e| anyhow!("object {id} is corrupt in the source: {e}"))?;
+        let (base, base_id) = match entry.header {
+            Header::Commit | Header::Tree | Header::Blob | Header::Tag => (None, None),
+            Header::OfsDelta { base_distance } => {
+                let base = offset.checked_sub(base_distance).and_then(|o| pack.position_of_offset(o));
+                (Some(base), base.map(|b| pack.index.oid_at_index(pack.index_positions[b]).to_owned()))
             }
-            let entry = gix_pack::data::Entry::from_bytes(raw, offset, id.kind())
-                .map_err(|e| anyhow!("object {id} is corrupt in the source: {e}"))?;
-            let base = match entry.header {
-                Header::Commit | Header::Tree | Header::Blob | Header::Tag => None,
-                Header::OfsDelta { base_distance } => {
-                    Some(offset.checked_sub(base_distance).and_then(|o| pack.position_of_offset(o)))
-                }
-                Header::RefDelta { base_id } => Some(pack.position_of(&base_id)),
-            };
-            let position = u32::try_from(writer.position()).context("more than 2^32 objects in one pack")?;
-            let kind = match base {
-                None => output::entry::Kind::Base(entry.header.as_kind().expect("base objects have a kind")),
-                Some(base) => match base.map(|b| out.in_packs[p][b]).filter(|&w| w != NOT_WRITTEN) {
+            Header::RefDelta { base_id } => (Some(pack.position_of(&base_id)), Some(base_id)),
+        };
+        let position = u32::try_from(writer.position()).context("more than 2^32 objects in one pack")?;
+        let kind = match base {
+            None => output::entry::Kind::Base(entry.header.as_kind().expect("base objects have a kind")),
+            Some(base) => {
+                let written_here = base.map(|b| out.in_packs[p][b]).filter(|&w| w != NOT_WRITTEN);
+                // The same base object may have been copied from another pack: packs a push
+                // left hold copies of their deltas' bases, and only the first copy of an
+                // object is taken.
+                match written_here.or_else(|| base_id.and_then(|b| out.written_position(packs, &b))) {
                     Some(object_index) => output::entry::Kind::DeltaRef { object_index: object_index as usize },
+                    None if base.zip(defer_until).is_some_and(|(b, wanted)| b > at && wanted[b]) => {
+                        return Ok(false);
+                    }
                     None => {
-                        // Its base is not in this snapshot, or comes later.
+                        // Its base is not in this snapshot.
                         out.in_packs[p][at] = position;
                         out.write_read(find, packs, deltas, id, writer)?;
-                        continue;
+                        return Ok(true);
                     }
-                },
-            };
-            out.in_packs[p][at] = position;
-            writer.write_entry(output::Entry {
-                id,
-                kind,
-                decompressed_size: entry.decompressed_size as usize,
-                compressed_data: raw[entry.data_offset as usize - offset as usize..].to_vec(),
-            })?;
+                }
+            }
+        };
+        out.in_packs[p][at] = position;
+        writer.write_entry(output::Entry {
+            id,
+            kind,
+            decompressed_size: entry.decompressed_size as usize,
+            compressed_data: raw[entry.data_offset as usize - offset as usize..].to_vec(),
+        })?;
+        Ok(true)
+    };
+    for (p, mut entries) in per_pack.into_iter().enumerate() {
+        entries.sort_unstable();
+        let mut wanted = vec![false; packs[p].offsets.len()];
+        for &at in &entries {
+            wanted[at as usize] = true;
+        }
+        let mut window = Window::default();
+        let mut deferred = Vec::new();
+        for at in entries {
+            if !copy(&mut out, writer, &mut window, p, at as usize, Some(&wanted))? {
+                deferred.push(at as usize);
+            }
+        }
+        for at in deferred {
+            copy(&mut out, writer, &mut window, p, at, None)?;
         }
     }
     // Loose objects, each after the version it is a delta against when that is loose too.
@@ -340,17 +379,21 @@ struct Written {
 }
 
 impl Written {
+    /// Where `id` is in our pack, if it was copied from a source pack already.
+    fn written_position(&self, packs: &[SourcePack], id: &ObjectId) -> Option<u32> {
+        packs
+            .iter()
+            .zip(&self.in_packs)
+            .find_map(|(pack, written)| pack.position_of(id).map(|at| written[at]).filter(|&w| w != NOT_WRITTEN))
+    }
+
     fn base_at(&self, packs: &[SourcePack], deltas: &DeltaBases, base: &ObjectId) -> Option<(BaseAt, u8)> {
         if let Some(&(position, depth)) = self.read.get(base) {
             return Some((BaseAt::InPack(position), depth));
         }
-        for (pack, written) in packs.iter().zip(&self.in_packs) {
-            if let Some(at) = pack.position_of(base)
-                && written[at] != NOT_WRITTEN
-            {
-                // A copied entry's own depth is not known here; count it as a whole object.
-                return Some((BaseAt::InPack(written[at]), 0));
-            }
+        if let Some(position) = self.written_position(packs, base) {
+            // A copied entry's own depth is not known here; count it as a whole object.
+            return Some((BaseAt::InPack(position), 0));
         }
         (deltas.thin_allowed && !deltas.new_objects.contains(base)).then_some((BaseAt::Chain, 0))
     }
