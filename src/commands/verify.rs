@@ -582,8 +582,8 @@ fn deep_check(store: &Store, latest: &StoredSnapshot, scratch: &Path) -> Result<
     crate::vcs::git::restore::build(store, &chain, &target)?;
     // Every object of every pack re-hashed against its index entry (backups record ids
     // without hashing objects again; this is where that is checked).
-    // The rebuilt packs are listed from disk: a thin pack is rewritten (completed) on restore
-    // and so has a name of its own.
+    // The rebuilt packs are listed from disk: the restore joins the snapshot's packs into
+    // one pack with a name of its own.
     let pack_dir = target.join("objects/pack");
     let mut indexes: Vec<_> = std::fs::read_dir(&pack_dir)
         .with_context(|| format!("listing {}", pack_dir.display()))?

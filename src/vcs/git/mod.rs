@@ -10,6 +10,7 @@ pub mod backup;
 pub mod connectivity;
 pub mod delta;
 pub mod delta_bases;
+pub mod pack_concat;
 pub mod pack_copy;
 pub mod pack_index;
 pub mod pack_writer;

@@ -67,6 +67,58 @@ pub fn encode_v2(mut entries: Vec<IndexEntry>, pack_checksum: ObjectId) -> Resul
     Ok(out)
 }
 
+/// Reads a version 2 index back: every entry (in the index's order, by id) and the checksum
+/// of the pack it was made for. The index's own trailing checksum is checked, so a damaged
+/// index is an error rather than offsets that send a restore astray.
+pub fn decode_v2(index: &[u8], kind: gix::hash::Kind) -> Result<(Vec<IndexEntry>, ObjectId)> {
+    let hash_len = kind.len_in_bytes();
+    if index.len() < 8 + 1024 + 2 * hash_len || index[..8] != [0xff, b't', b'O', b'c', 0, 0, 0, 2] {
+        bail!("not a version 2 pack index");
+    }
+    let (body, own) = index.split_at(index.len() - hash_len);
+    let mut hasher = gix::hash::hasher(kind);
+    hasher.update(body);
+    let actual = hasher.try_finalize().map_err(|e| anyhow!("hashing the index: {e}"))?;
+    if actual.as_slice() != own {
+        bail!("the pack index does not match its own checksum");
+    }
+    let word = |at: usize| u32::from_be_bytes(index[at..at + 4].try_into().expect("4 bytes"));
+    let mut previous = 0;
+    for i in 0..256 {
+        let count = word(8 + 4 * i);
+        if count < previous {
+            bail!("the pack index's fan-out table is not ascending");
+        }
+        previous = count;
+    }
+    let count = previous as usize;
+    let ids_at = 8 + 1024;
+    let crcs_at = ids_at + count * hash_len;
+    let offsets_at = crcs_at + count * 4;
+    let large_at = offsets_at + count * 4;
+    let large_count = (0..count).filter(|&i| word(offsets_at + 4 * i) & 0x8000_0000 != 0).count();
+    if large_at > body.len() || body.len() - large_at != large_count * 8 + hash_len {
+        bail!("the pack index's size does not match the {count} objects it lists");
+    }
+    let mut entries = Vec::with_capacity(count);
+    for i in 0..count {
+        let id = ObjectId::from_bytes_or_panic(&index[ids_at + i * hash_len..ids_at + (i + 1) * hash_len]);
+        let small = word(offsets_at + 4 * i);
+        let offset = if small & 0x8000_0000 == 0 {
+            u64::from(small)
+        } else {
+            let at = large_at + 8 * (small & 0x7fff_ffff) as usize;
+            if at + 8 > large_at + large_count * 8 {
+                bail!("the pack index names a 64-bit offset it does not hold");
+            }
+            u64::from_be_bytes(index[at..at + 8].try_into().expect("8 bytes"))
+        };
+        entries.push(IndexEntry { id, offset, crc32: word(crcs_at + 4 * i) });
+    }
+    let pack_at = body.len() - hash_len;
+    Ok((entries, ObjectId::from_bytes_or_panic(&body[pack_at..])))
+}
+
 /// Whether a version 2 index lists `id`: the fan-out table narrows the range of sorted ids,
 /// a binary search finds it.
 pub fn contains_v2(index: &[u8], id: &gix::oid) -> Result<bool> {
@@ -121,6 +173,27 @@ mod tests {
         index
             .verify_checksum(&mut gix::progress::Discard, &std::sync::atomic::AtomicBool::new(false))
             .expect("the index's own checksum verifies");
+    }
+
+    #[test]
+    fn decode_reads_back_what_encode_wrote_and_refuses_damage() {
+        let id = |b: u8| ObjectId::from_bytes_or_panic(&[b; 20]);
+        let entries = vec![
+            IndexEntry { id: id(0x42), offset: 12, crc32: 7 },
+            IndexEntry { id: id(0x01), offset: 0x1_2345_6789, crc32: 8 },
+            IndexEntry { id: id(0xff), offset: 500, crc32: 9 },
+        ];
+        let bytes = encode_v2(entries.clone(), id(0xaa)).unwrap();
+        let (mut decoded, pack) = decode_v2(&bytes, gix::hash::Kind::Sha1).unwrap();
+        assert_eq!(pack, id(0xaa));
+        decoded.sort_unstable_by_key(|e| e.offset);
+        let mut expected = entries;
+        expected.sort_unstable_by_key(|e| e.offset);
+        assert_eq!(decoded, expected);
+        let mut damaged = bytes.clone();
+        damaged[8 + 1024 + 3] ^= 1;
+        assert!(decode_v2(&damaged, gix::hash::Kind::Sha1).is_err());
+        assert!(decode_v2(&bytes[..100], gix::hash::Kind::Sha1).is_err());
     }
 
     #[test]
