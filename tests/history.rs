@@ -429,3 +429,39 @@ fn a_full_snapshot_of_pushed_packs_keeps_their_deltas() {
     assert!(stored < 400_000, "full snapshot of six pushed versions: {stored} bytes");
     env.restore_matches("forge", &env.path("out"), &forge);
 }
+
+/// Copying a pushed pack's deltas onto bases taken from older packs links their chains: a
+/// full snapshot of 70 one-line pushes keeps its delta chains within git's default depth
+/// of 50 (whole objects where a chain would grow past it), so the restored repository's are
+/// too.
+#[test]
+fn a_full_snapshot_of_many_pushes_keeps_delta_chains_within_50() {
+    let env = Env::new();
+    env.init_store();
+    let work = new_repo(&env.path("work"));
+    let forge = env.path("forge.git");
+    git(&env.path(""), &["init", "-q", "--bare", &forge.to_string_lossy()]);
+    git(&forge, &["config", "receive.unpackLimit", "1"]);
+    git(&forge, &["config", "gc.auto", "0"]);
+    let mut log = noise_text(21, 20_000);
+    for push in 0..70 {
+        log.insert_str(0, &format!("push {push}\n"));
+        commit_file(&work, "CHANGELOG", &log, &format!("push {push}"));
+        git(&work, &["push", "-q", &forge.to_string_lossy(), "HEAD:refs/heads/main"]);
+    }
+    env.backup("forge", &forge);
+    let dest = env.path("out");
+    env.restore_matches("forge", &dest, &forge);
+    let mut longest = 0u64;
+    for entry in std::fs::read_dir(dest.join("objects/pack")).unwrap().flatten() {
+        if entry.path().extension().is_some_and(|x| x == "idx") {
+            let report = git(&dest, &["verify-pack", "-v", &entry.path().to_string_lossy()]);
+            for line in report.lines().filter_map(|l| l.strip_prefix("chain length = ")) {
+                longest = longest.max(line.split(':').next().unwrap().parse().unwrap());
+            }
+        }
+    }
+    assert!(longest <= 50, "the longest delta chain is {longest}");
+    let stored = snapshots_json(&env, "forge")[0]["pack_bytes"].as_u64().unwrap();
+    assert!(stored < 200_000, "still stored as deltas: {stored} bytes");
+}

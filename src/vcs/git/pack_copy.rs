@@ -301,9 +301,17 @@ pub fn write_objects<W: Write>(
                 // The same base object may have been copied from another pack: packs a push
                 // left hold copies of their deltas' bases, and only the first copy of an
                 // object is taken.
-                match written_here.or_else(|| base_id.and_then(|b| out.written_position(packs, &b))) {
-                    Some(object_index) => output::entry::Kind::DeltaRef { object_index: object_index as usize },
-                    None if base.zip(defer_until).is_some_and(|(b, wanted)| b > at && wanted[b]) => {
+                let written = written_here.or_else(|| base_id.and_then(|b| out.written_position(packs, &b)));
+                // Copying deltas onto bases taken from other packs chains one pack's chains
+                // onto another's: past git's default depth the object is read whole instead.
+                match written.filter(|&w| out.depth_at(w) < MAX_DELTA_DEPTH) {
+                    Some(object_index) => {
+                        out.record_depth(position, out.depth_at(object_index) + 1);
+                        output::entry::Kind::DeltaRef { object_index: object_index as usize }
+                    }
+                    None if written.is_none()
+                        && base.zip(defer_until).is_some_and(|(b, wanted)| b > at && wanted[b]) =>
+                    {
                         return Ok(false);
                     }
                     None => {
@@ -372,6 +380,8 @@ struct Written {
     in_packs: Vec<Vec<u32>>,
     /// Objects read whole (not copied): position in our pack and delta depth.
     read: HashMap<ObjectId, (u32, u8)>,
+    /// Delta depth of every entry written, by position (0 for whole objects).
+    depths: Vec<u8>,
     buf: Vec<u8>,
     base_buf: Vec<u8>,
     /// Bases outside the pack that deltas were written against.
@@ -379,6 +389,18 @@ struct Written {
 }
 
 impl Written {
+    fn depth_at(&self, position: u32) -> u8 {
+        self.depths.get(position as usize).copied().unwrap_or(0)
+    }
+
+    fn record_depth(&mut self, position: u32, depth: u8) {
+        let at = position as usize;
+        if self.depths.len() <= at {
+            self.depths.resize(at + 1, 0);
+        }
+        self.depths[at] = depth;
+    }
+
     /// Where `id` is in our pack, if it was copied from a source pack already.
     fn written_position(&self, packs: &[SourcePack], id: &ObjectId) -> Option<u32> {
         packs
@@ -392,8 +414,7 @@ impl Written {
             return Some((BaseAt::InPack(position), depth));
         }
         if let Some(position) = self.written_position(packs, base) {
-            // A copied entry's own depth is not known here; count it as a whole object.
-            return Some((BaseAt::InPack(position), 0));
+            return Some((BaseAt::InPack(position), self.depth_at(position)));
         }
         (deltas.thin_allowed && !deltas.new_objects.contains(base)).then_some((BaseAt::Chain, 0))
     }
@@ -420,6 +441,7 @@ impl Written {
             self.thin_bases.push(base);
         }
         self.read.insert(id, (position, depth));
+        self.record_depth(position, depth);
         writer.write_entry(entry)
     }
 }

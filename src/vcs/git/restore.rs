@@ -28,7 +28,7 @@ use gix::{
 use gix_pack::data::output::count::objects::ObjectExpansion;
 
 use super::{
-    pack_concat::{Input, Joiner, MAX_DELTA_DEPTH},
+    pack_concat::{Input, Joiner},
     pack_index::{IndexEntry, decode_v2, encode_v2},
 };
 use crate::{
@@ -40,7 +40,7 @@ use crate::{
 };
 
 /// Delta chains up to this deep are left as joined; deeper ones are rewritten to git's
-/// default depth ([`MAX_DELTA_DEPTH`]). Any depth is valid and git reads it; a deep chain
+/// default depth (`pack_concat::MAX_DELTA_DEPTH`). Any depth is valid and git reads it; a deep chain
 /// only costs each read of its newest object. In a format 3 store chains stay below about
 /// 50 + 64 (a full snapshot is due after 64 packs), so a restore never pays for the
 /// rewrite (on tokio's 300 nights it was 40% of the restore); chains of format 2 stores
@@ -63,6 +63,7 @@ pub fn build(store: &Store, chain: &[StoredSnapshot], target: &Path) -> Result<(
     tracing::debug!(
         seconds = timer.elapsed().as_secs_f64(),
         objects = joined.as_ref().map_or(0, |j| j.entries.len()),
+        max_delta_depth = joined.as_ref().map_or(0, |j| j.max_depth),
         "joined the snapshot's packs"
     );
     if let Some(joined) = joined
