@@ -27,7 +27,10 @@ use crate::{
     error::usage,
     output,
     retention::{self, Candidate, Policy, Reason},
-    store::{DamagedSnapshot, Store, StoredSnapshot, gc::GcReport, lock::LockAttempt},
+    store::{
+        ChunkSet, DamagedSnapshot, Store, StoredSnapshot, chunk_key, gc::GcReport, is_manifest_damage,
+        lock::LockAttempt, repo_key,
+    },
 };
 
 #[derive(Debug, Args)]
@@ -115,8 +118,9 @@ pub fn run(ctx: &Context, args: &PruneArgs) -> Result<Outcome> {
             }
         }
     };
-    let (readable, damaged) = store.snapshots_and_damage(None)?;
-    let by_repo = group_by_repo(&readable);
+    let (manifests, damaged) = Manifests::load(&store)?;
+    let readable = &manifests.readable;
+    let by_repo = group_by_repo(readable);
     let selected: Vec<&str> = if args.names.is_empty() {
         by_repo.keys().copied().collect()
     } else {
@@ -124,14 +128,14 @@ pub fn run(ctx: &Context, args: &PruneArgs) -> Result<Outcome> {
     };
     let chains = !store.snapshots_are_complete();
     let plans: Vec<RepoPlan> = selected.iter().map(|repo| plan_repo(&policy, repo, &by_repo[repo], chains)).collect();
-    let bytes_freed = bytes_freed(&store, &readable, &plans)?;
+    let bytes_freed = bytes_freed(&store, &manifests, &plans)?;
     let unreadable_anywhere = damaged.len();
     let damaged: Vec<&DamagedSnapshot> = damaged
         .iter()
         .filter(|d| args.names.is_empty() || d.repo.as_ref().is_some_and(|r| args.names.contains(r)))
         .collect();
     let gc =
-        if args.dry_run { None } else { Some(forget_and_collect(&store, &readable, &plans, unreadable_anywhere)?) };
+        if args.dry_run { None } else { Some(forget_and_collect(&store, &manifests, &plans, unreadable_anywhere)?) };
     if args.json {
         print_json(&plans, bytes_freed, gc.as_ref())?;
     } else {
@@ -167,7 +171,7 @@ pub fn run(ctx: &Context, args: &PruneArgs) -> Result<Outcome> {
 /// name, of every repository.
 fn forget_and_collect(
     store: &Store,
-    readable: &[StoredSnapshot],
+    manifests: &Manifests,
     plans: &[RepoPlan],
     unreadable_anywhere: usize,
 ) -> Result<GcReport> {
@@ -180,8 +184,13 @@ fn forget_and_collect(
     if unreadable_anywhere > 0 {
         return Ok(GcReport::default());
     }
-    let mark: HashSet<String> =
-        readable.iter().filter(|s| !forgotten.contains(s.id.as_str())).flat_map(chunks_of).map(str::to_owned).collect();
+    let mark: ChunkSet = manifests
+        .readable
+        .iter()
+        .zip(&manifests.chunks)
+        .filter(|(s, _)| !forgotten.contains(s.id.as_str()))
+        .flat_map(|(_, chunks)| chunks.iter().map(|&c| manifests.names[c as usize]))
+        .collect();
     store.collect_garbage(&mark)
 }
 
@@ -273,32 +282,86 @@ fn ancestors<'a>(parents: &HashMap<&'a str, Option<&'a str>>, id: &str) -> Vec<&
     found
 }
 
-/// The objects a snapshot's packs name (pack data and index chunks).
-fn chunks_of(snapshot: &StoredSnapshot) -> impl Iterator<Item = &str> {
-    snapshot.snapshot.packs.iter().flat_map(|p| p.pack.chunks.iter().chain(&p.index.chunks)).map(String::as_str)
+/// The readable manifests of the store as prune needs them: each without its refs and
+/// packs (what planning reads is its id, repository, time and parent), and apart from them
+/// the chunks each names, as indexes into one table of names. Read one manifest at a time,
+/// so that 120,000 manifests of 60 packs each take tens of MiB, not gigabytes.
+struct Manifests {
+    readable: Vec<StoredSnapshot>,
+    /// Per readable manifest, the chunks it names (indexes into `names`).
+    chunks: Vec<Vec<u32>>,
+    names: Vec<[u8; 32]>,
+}
+
+impl Manifests {
+    fn load(store: &Store) -> Result<(Manifests, Vec<DamagedSnapshot>)> {
+        let mut manifests = Manifests { readable: Vec::new(), chunks: Vec::new(), names: Vec::new() };
+        let mut index: HashMap<[u8; 32], u32> = HashMap::new();
+        let mut damaged = Vec::new();
+        for entry in store.snapshot_entries(None)? {
+            let mut stored = match store.load_snapshot(&entry) {
+                Ok(stored) => stored,
+                Err(error) if is_manifest_damage(&error) => {
+                    damaged.push(DamagedSnapshot { entry, repo: None, error });
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
+            let mut chunks = Vec::new();
+            for pack in std::mem::take(&mut stored.snapshot.packs) {
+                for name in pack.pack.chunks.iter().chain(&pack.index.chunks) {
+                    let Some(key) = chunk_key(name) else { continue };
+                    let next = manifests.names.len() as u32;
+                    let at = *index.entry(key).or_insert(next);
+                    if at == next {
+                        manifests.names.push(key);
+                    }
+                    chunks.push(at);
+                }
+            }
+            chunks.sort_unstable();
+            chunks.dedup();
+            stored.snapshot.refs.clear();
+            stored.snapshot.symbolic_refs.clear();
+            manifests.readable.push(stored);
+            manifests.chunks.push(chunks);
+        }
+        for d in &mut damaged {
+            d.repo = manifests
+                .readable
+                .iter()
+                .rev()
+                .find(|s| repo_key(&s.snapshot.repo) == d.entry.key)
+                .map(|s| s.snapshot.repo.clone());
+        }
+        Ok((manifests, damaged))
+    }
 }
 
 /// Bytes of the store's object files named only by snapshots whose data no one needs: the
 /// forgotten snapshots no kept chain passes through. Every other readable snapshot, of any
 /// repository, keeps what it names.
-fn bytes_freed(store: &Store, readable: &[StoredSnapshot], plans: &[RepoPlan]) -> Result<u64> {
+fn bytes_freed(store: &Store, manifests: &Manifests, plans: &[RepoPlan]) -> Result<u64> {
     let releasable: HashSet<&str> = plans
         .iter()
         .flat_map(|p| &p.forget)
         .filter(|f| f.data_kept_for.is_empty())
         .map(|f| f.snapshot.id.as_str())
         .collect();
-    let still_named: HashSet<&str> =
-        readable.iter().filter(|s| !releasable.contains(s.id.as_str())).flat_map(chunks_of).collect();
-    let freed: HashSet<&str> = readable
-        .iter()
-        .filter(|s| releasable.contains(s.id.as_str()))
-        .flat_map(chunks_of)
-        .filter(|c| !still_named.contains(c))
-        .collect();
+    let mut still_named = vec![false; manifests.names.len()];
+    let mut named_by_released = vec![false; manifests.names.len()];
+    for (snapshot, chunks) in manifests.readable.iter().zip(&manifests.chunks) {
+        let marks = if releasable.contains(snapshot.id.as_str()) { &mut named_by_released } else { &mut still_named };
+        for &chunk in chunks {
+            marks[chunk as usize] = true;
+        }
+    }
     let mut total = 0;
-    for chunk in freed {
-        total += store.object_size(chunk)?;
+    for (at, name) in manifests.names.iter().enumerate() {
+        if named_by_released[at] && !still_named[at] {
+            let hex: String = name.iter().map(|b| format!("{b:02x}")).collect();
+            total += store.object_size(&hex)?;
+        }
     }
     Ok(total)
 }
@@ -480,13 +543,13 @@ mod tests {
         store.write_snapshot(&full_snapshot("x", 2, &[&new])).unwrap();
         // Another repository names the shared chunk: it stays.
         store.write_snapshot(&full_snapshot("y", 1, &[&shared])).unwrap();
-        let (readable, _) = store.snapshots_and_damage(None).unwrap();
-        let by_repo = group_by_repo(&readable);
+        let (manifests, _) = Manifests::load(&store).unwrap();
+        let by_repo = group_by_repo(&manifests.readable);
         let policy = Policy { keep_last: 1, ..Policy::default() };
         let plan = plan_repo(&policy, "x", &by_repo["x"], true);
         assert_eq!(plan.forget.len(), 1);
         assert!(plan.forget[0].data_kept_for.is_empty());
-        let freed = bytes_freed(&store, &readable, &[plan]).unwrap();
+        let freed = bytes_freed(&store, &manifests, &[plan]).unwrap();
         assert_eq!(freed, store.object_size(&only_old).unwrap());
         assert!(freed > 0);
     }

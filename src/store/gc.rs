@@ -14,7 +14,7 @@ use std::{collections::HashSet, io, time::Duration};
 use anyhow::{Context, Result, bail};
 
 use super::{
-    Store, is_hex_id, object_path,
+    ChunkSet, Store, chunk_key, is_hex_id, object_path,
     session::{ALIVE, REVOKED, SESSIONS, STALE_SESSION, SessionInfo, session_dir},
 };
 
@@ -65,7 +65,7 @@ impl Store {
     /// that `mark` (every chunk the manifests read after forgetting name) lacks into a new
     /// batch and seals it, finishes every batch whose sessions are gone, and removes old
     /// leftovers. The caller holds the prune lock and found no damaged manifest.
-    pub fn collect_garbage(&self, mark: &HashSet<String>) -> Result<GcReport> {
+    pub fn collect_garbage(&self, mark: &ChunkSet) -> Result<GcReport> {
         let mut report = GcReport::default();
         for batch in self.backend.list(TRASH)? {
             if !self.backend.exists(&format!("{TRASH}/{batch}/{SEAL}"))? {
@@ -93,27 +93,23 @@ impl Store {
         if !ready.is_empty() {
             // Read after every listed session was seen gone: each snapshot those sessions
             // will ever commit is among these manifests.
-            let (snapshots, damaged) = self.snapshots_and_damage(None)?;
-            if let Some(d) = damaged.first() {
-                report.finishing_skipped = Some(format!(
-                    "snapshot {} became unreadable during the prune ({}); trash batches stay for the next prune",
-                    d.entry.path,
-                    d.reason()
-                ));
-                for batch in &ready {
-                    let (objects, bytes) = self.batch_size(batch)?;
-                    report.objects_pending += objects;
-                    report.bytes_pending += bytes;
+            match self.named_chunks()? {
+                Err(d) => {
+                    report.finishing_skipped = Some(format!(
+                        "snapshot {} became unreadable during the prune ({}); trash batches stay for the next prune",
+                        d.entry.path,
+                        d.reason()
+                    ));
+                    for batch in &ready {
+                        let (objects, bytes) = self.batch_size(batch)?;
+                        report.objects_pending += objects;
+                        report.bytes_pending += bytes;
+                    }
                 }
-            } else {
-                let named: HashSet<&str> = snapshots
-                    .iter()
-                    .flat_map(|s| s.snapshot.packs.iter())
-                    .flat_map(|p| p.pack.chunks.iter().chain(&p.index.chunks))
-                    .map(String::as_str)
-                    .collect();
-                for batch in &ready {
-                    self.finish_batch(batch, &named, &mut report)?;
+                Ok(named) => {
+                    for batch in &ready {
+                        self.finish_batch(batch, &named, &mut report)?;
+                    }
                 }
             }
         }
@@ -198,7 +194,7 @@ impl Store {
     }
 
     /// Moves every object of `objects/` that `mark` lacks into a new batch, then seals it.
-    fn trash_unmarked(&self, mark: &HashSet<String>) -> Result<()> {
+    fn trash_unmarked(&self, mark: &ChunkSet) -> Result<()> {
         let batch = new_batch_id();
         let batch_dir = format!("{TRASH}/{batch}");
         self.backend.create_dir(TRASH)?;
@@ -206,7 +202,7 @@ impl Store {
         let mut moved = 0u64;
         for fan in self.backend.list("objects")? {
             for name in self.backend.list(&format!("objects/{fan}"))? {
-                if !is_hex_id(&name) || !name.starts_with(&fan) || mark.contains(&name) {
+                if !name.starts_with(&fan) || chunk_key(&name).is_none_or(|key| mark.contains(&key)) {
                     continue;
                 }
                 match self.backend.rename(&object_path(&name), &trash_path(&batch, &name)) {
@@ -265,15 +261,13 @@ impl Store {
     /// Moves back what `named` names (or drops the trash copy when `objects/` has the object
     /// again), deletes the rest, then removes the batch. Each step may be repeated by a later
     /// prune if this one is killed.
-    fn finish_batch(&self, batch: &str, named: &HashSet<&str>, report: &mut GcReport) -> Result<()> {
+    fn finish_batch(&self, batch: &str, named: &ChunkSet, report: &mut GcReport) -> Result<()> {
         let dir = format!("{TRASH}/{batch}");
         let context = || format!("store {}: finishing trash batch {dir}", self.location());
         for name in self.backend.list(&dir)? {
-            if !is_hex_id(&name) {
-                continue;
-            }
+            let Some(key) = chunk_key(&name) else { continue };
             let trashed = trash_path(batch, &name);
-            if named.contains(name.as_str()) {
+            if named.contains(&key) {
                 let home = object_path(&name);
                 if self.backend.exists(&home)? {
                     self.backend.remove(&trashed).with_context(context)?;
@@ -405,13 +399,8 @@ mod tests {
         }
     }
 
-    fn mark_of(store: &Store) -> HashSet<String> {
-        store
-            .snapshots(None)
-            .unwrap()
-            .iter()
-            .flat_map(|s| s.snapshot.packs.iter().flat_map(|p| p.pack.chunks.clone()))
-            .collect()
+    fn mark_of(store: &Store) -> ChunkSet {
+        store.named_chunks().unwrap().unwrap()
     }
 
     fn in_objects(store: &Store, id: &str) -> bool {

@@ -77,6 +77,23 @@ pub fn hash_hex(data: &[u8]) -> ObjectId {
     blake3::hash(data).to_hex().to_string()
 }
 
+/// A set of object names held as their 32 bytes rather than 64 hex digits: prune's mark
+/// holds every chunk of the store.
+pub type ChunkSet = HashSet<[u8; 32]>;
+
+/// The 32 bytes an object name stands for; `None` for a string that is not one.
+pub fn chunk_key(id: &str) -> Option<[u8; 32]> {
+    if !is_hex_id(id) {
+        return None;
+    }
+    let mut key = [0u8; 32];
+    for (byte, pair) in key.iter_mut().zip(id.as_bytes().chunks(2)) {
+        let digit = |c: u8| if c.is_ascii_digit() { c - b'0' } else { c - b'a' + 10 };
+        *byte = digit(pair[0]) << 4 | digit(pair[1]);
+    }
+    Some(key)
+}
+
 fn object_path(id: &str) -> String {
     format!("objects/{}/{}", &id[..2], id)
 }
@@ -653,6 +670,27 @@ impl Store {
             }
         }
         Ok((good, damaged))
+    }
+
+    /// Every chunk any snapshot manifest of the store names, read one manifest at a time (a
+    /// store of 2,000 repositories x 60 nights holds 120,000 of them). A damaged manifest
+    /// stops the read: what it names cannot be known.
+    pub fn named_chunks(&self) -> Result<std::result::Result<ChunkSet, DamagedSnapshot>> {
+        let mut named = ChunkSet::new();
+        for entry in self.snapshot_entries(None)? {
+            match self.load_snapshot(&entry) {
+                Ok(stored) => {
+                    for pack in &stored.snapshot.packs {
+                        named.extend(pack.pack.chunks.iter().chain(&pack.index.chunks).filter_map(|c| chunk_key(c)));
+                    }
+                }
+                Err(error) if is_manifest_damage(&error) => {
+                    return Ok(Err(DamagedSnapshot { entry, repo: None, error }));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(Ok(named))
     }
 
     /// The repository whose snapshots are under `key`, learnt from the newest of them that
