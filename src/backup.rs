@@ -84,6 +84,11 @@ pub fn backup_git(
         let packs_before = pack_files(&git_dir);
         // Refs first, objects after: objects a ref points at are written before the ref,
         // so a concurrent push can only add objects we do not need.
+        // The snapshot is the source as of this moment, and is stamped with it rather than
+        // with when it is committed: of two overlapping backups of one repository, the one
+        // that read the newer refs must be the latest (what `restore` and `prune` go by),
+        // whichever finishes last.
+        let taken_at = Utc::now();
         let refs_stat = git::source::refs_stat(&git_dir);
         let refs = git::source::read_refs(&repo)?;
         let object_format = repo.object_hash().to_string();
@@ -106,7 +111,7 @@ pub fn backup_git(
         let snapshot = Snapshot {
             repo: name.to_owned(),
             vcs: Vcs::Git,
-            created_at: Utc::now(),
+            created_at: taken_at,
             source_changed_at: refs_stat.changed_at,
             source_fingerprint: Some(refs_stat.fingerprint),
             parent: parent.map(|p| p.id.clone()),

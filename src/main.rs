@@ -52,10 +52,10 @@ enum Command {
     Run(commands::run::RunArgs),
     /// Freshness: how far each repository's latest snapshot is behind its source.
     Lag(commands::lag::LagArgs),
-    /// Drop snapshots (a damaged one, or one not wanted); later snapshots chained to it say so.
+    /// Drop snapshots (a damaged one, or one not wanted).
     Forget(commands::forget::ForgetArgs),
-    /// Apply a retention policy: which snapshots would be forgotten, what would be freed
-    /// (only --dry-run in this version).
+    /// Apply a retention policy: forget the snapshots it does not keep and delete the data no
+    /// snapshot names, safely while backups run (--dry-run: only say what it would do).
     Prune(commands::prune::PruneArgs),
     /// Create or upgrade the PostgreSQL tables of the change feed and the scheduler.
     Migrate(commands::migrate::MigrateArgs),

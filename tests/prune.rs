@@ -388,3 +388,40 @@ fn a_second_prune_while_one_holds_the_lock_exits_1_naming_the_holder() {
     assert!(stderr(&out).contains("another prune is running (pid 1 on elsewhere"), "{}", stderr(&out));
     assert_eq!(snapshot_count(&env.path("store")), 2);
 }
+
+/// A snapshot file that cannot be read at all (here: a directory in its place; in life an
+/// I/O error or a permission) is not damage: `snapshots` says so instead of advising to
+/// forget it, and `prune` forgets and deletes nothing (it cannot know what the repository's
+/// latest snapshot is), exit 1, naming the file.
+#[test]
+fn an_unreadable_snapshot_file_is_an_error_of_the_store_not_damage() {
+    let env = Env::new();
+    env.init_store();
+    let snapshots = nightly_backups(&env, "app", 3);
+    let dir = env.path("store/snapshots").join(repovault::store::repo_key("app"));
+    let newest = files_under(&dir).into_iter().find(|f| f.to_string_lossy().ends_with(&snapshots[2])).unwrap();
+    std::fs::remove_file(&newest).unwrap();
+    std::fs::create_dir(&newest).unwrap();
+    let before = files_under(&env.path("store"));
+
+    let out = env.rv(&["snapshots", "app"]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains("not damage"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("forget it with"), "{}", stderr(&out));
+
+    let out = env.rv(&["prune", "--keep-last", "1"]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains(&snapshots[2]), "names the file: {}", stderr(&out));
+    assert_eq!(files_under(&env.path("store")), before, "nothing forgotten or deleted");
+}
+
+/// A NAME given twice is one repository: planned, counted and forgotten once.
+#[test]
+fn a_name_given_twice_is_pruned_once() {
+    let env = Env::new();
+    env.init_store();
+    nightly_backups(&env, "app", 3);
+    let report = prune_json(&env, &["--keep-last", "1", "app", "app"]);
+    assert_eq!(report["repos"].as_array().unwrap().len(), 1, "{report}");
+    assert_eq!(report["repos"][0]["forget"].as_array().unwrap().len(), 2, "{report}");
+}

@@ -169,6 +169,42 @@ fn a_backup_stalled_past_its_session_is_revoked_and_cannot_commit() {
     env.rv_ok(&["verify"]);
 }
 
+/// Two backups of one repository overlap: A reads the refs, stalls, and commits after B,
+/// which read newer refs. B's snapshot is the latest (snapshots are stamped with when their
+/// refs were read), so `restore` gives the newer state and `prune --keep-last 1` keeps it.
+#[test]
+fn of_two_overlapping_backups_the_one_with_newer_refs_is_the_latest() {
+    let env = Env::new();
+    env.init_store();
+    let store = env.path("store");
+    let big = big_repo(&env.path("big"), 8, 4 << 20);
+    let backup_a = env
+        .rv_command(&["backup", "--name", "big", &big.to_string_lossy()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(wait_for_stored_bytes(&store, 6 << 20), "backup A is writing: it has read the refs");
+    let pid = backup_a.id() as i32;
+    // SAFETY: signalling our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    assert_eq!(snapshot_count(&store), 0, "backup A committed before it was stopped");
+    commit_file(&big, "after-a", "newer", "a push while A is stalled");
+    let newer = ref_state(&big);
+    let id_b = env.backup("big", &big);
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    let out = backup_a.wait_with_output().unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(snapshot_count(&store), 2);
+
+    let listed: Vec<Value> = serde_json::from_str(&env.rv_ok(&["snapshots", "--json", "big"])).unwrap();
+    assert_eq!(listed.last().unwrap()["id"], id_b.as_str(), "B read the newer refs: {listed:?}");
+    env.rv_ok(&["prune", "--keep-last", "1"]);
+    let dest = env.path("restored");
+    env.restore("big", &dest, None);
+    assert_eq!(ref_state(&dest), newer, "the newer state survives the prune");
+}
+
 /// The syscalls prune's steps are made of: renames (moves into and out of trash, commits of
 /// the files it writes) and unlinks (forgetting, deleting).
 const RENAMES: &str = "rename,renameat,renameat2";

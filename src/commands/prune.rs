@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::Args;
 use serde_json::json;
 
@@ -121,11 +121,14 @@ pub fn run(ctx: &Context, args: &PruneArgs) -> Result<Outcome> {
     let (manifests, damaged) = Manifests::load(&store)?;
     let readable = &manifests.readable;
     let by_repo = group_by_repo(readable);
-    let selected: Vec<&str> = if args.names.is_empty() {
+    let mut selected: Vec<&str> = if args.names.is_empty() {
         by_repo.keys().copied().collect()
     } else {
         args.names.iter().map(String::as_str).filter(|n| by_repo.contains_key(n)).collect()
     };
+    // A name given twice is one repository.
+    let mut seen = HashSet::new();
+    selected.retain(|name| seen.insert(*name));
     let chains = !store.snapshots_are_complete();
     let plans: Vec<RepoPlan> = selected.iter().map(|repo| plan_repo(&policy, repo, &by_repo[repo], chains)).collect();
     let bytes_freed = bytes_freed(&store, &manifests, &plans)?;
@@ -191,7 +194,14 @@ fn forget_and_collect(
         .filter(|(s, _)| !forgotten.contains(s.id.as_str()))
         .flat_map(|(_, chunks)| chunks.iter().map(|&c| manifests.names[c as usize]))
         .collect();
-    store.collect_garbage(&mark)
+    // What was forgotten stays forgotten: say so, since no report follows an error.
+    store.collect_garbage(&mark).with_context(|| {
+        format!(
+            "{} snapshot(s) that the policy does not keep were forgotten; deleting the data no snapshot names \
+             stopped (the next prune finishes it)",
+            forgotten.len()
+        )
+    })
 }
 
 /// The policy from the flags when any `--keep-*` flag is given (the config's `[prune]` table

@@ -116,16 +116,25 @@ fn print_table(snapshots: &[StoredSnapshot], breaks: &HashMap<String, ChainBreak
 fn report_damaged(store: &Store, damaged: &DamagedSnapshot) {
     let id = &damaged.entry.id;
     let when = damaged.entry.created_at().map(|t| format!(" (made {})", display_time(&t))).unwrap_or_default();
+    let file = store.file_location(&damaged.entry.path);
+    if !damaged.is_damage() {
+        // An I/O error says nothing about the snapshot: forgetting it could drop a good one.
+        output::repo_error(
+            &damaged.repo_label(),
+            &format!(
+                "snapshot {id}{when} {} (file {file}); that is an error of the store (permissions, I/O), not damage to \
+                 the snapshot: fix the store and run again, do not forget it",
+                damaged.reason()
+            ),
+        );
+        return;
+    }
     let fix = match &damaged.repo {
         Some(repo) => format!("; forget it with `repovault forget {repo} --snapshot {id}`"),
         None => String::new(),
     };
     output::repo_error(
         &damaged.repo_label(),
-        &format!(
-            "snapshot {id}{when} is damaged: {} (file {}){fix}",
-            damaged.reason(),
-            store.file_location(&damaged.entry.path)
-        ),
+        &format!("snapshot {id}{when} is damaged: {} (file {file}){fix}", damaged.reason()),
     );
 }

@@ -67,7 +67,7 @@ impl Store {
     /// leftovers. The caller holds the prune lock and found no damaged manifest.
     pub fn collect_garbage(&self, mark: &ChunkSet) -> Result<GcReport> {
         let mut report = GcReport::default();
-        for batch in self.backend.list(TRASH)? {
+        for batch in self.list_dir(TRASH)? {
             if !self.backend.exists(&format!("{TRASH}/{batch}/{SEAL}"))? {
                 self.fence_and_seal(&batch)?;
             }
@@ -77,7 +77,7 @@ impl Store {
 
         let mut ready = Vec::new();
         let mut waiting_for = HashSet::new();
-        for batch in self.backend.list(TRASH)? {
+        for batch in self.list_dir(TRASH)? {
             match self.batch_state(&batch)? {
                 None => {} // unsealed: a prune that lost its lock is still filling it
                 Some(BatchState::Ready) => ready.push(batch),
@@ -135,7 +135,7 @@ impl Store {
 
     /// Writes the seal: the sessions alive now, after the batch's last move.
     fn seal(&self, batch: &str) -> Result<()> {
-        let sessions = self.backend.list(SESSIONS)?;
+        let sessions = self.list_dir(SESSIONS)?;
         let mut text = sessions.join("\n");
         if !text.is_empty() {
             text.push('\n');
@@ -152,7 +152,7 @@ impl Store {
     fn revoke_stale_sessions(&self) -> Result<Vec<String>> {
         let now = self.store_clock()?;
         let mut revoked = Vec::new();
-        for id in self.backend.list(SESSIONS)? {
+        for id in self.list_dir(SESSIONS)? {
             let dir = session_dir(&id);
             let beat = match self.backend.modified(&format!("{dir}/{ALIVE}")) {
                 Ok(beat) => beat,
@@ -200,14 +200,21 @@ impl Store {
         self.backend.create_dir(TRASH)?;
         self.backend.create_dir(&batch_dir)?;
         let mut moved = 0u64;
-        for fan in self.backend.list("objects")? {
-            for name in self.backend.list(&format!("objects/{fan}"))? {
+        for fan in self.list_dir("objects")? {
+            for name in self.list_dir(&format!("objects/{fan}"))? {
                 if !name.starts_with(&fan) || chunk_key(&name).is_none_or(|key| mark.contains(&key)) {
                     continue;
                 }
                 match self.backend.rename(&object_path(&name), &trash_path(&batch, &name)) {
                     Ok(()) => moved += 1,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        if !self.backend.exists(super::CONFIG_PATH).unwrap_or(false) {
+                            return Err(crate::error::usage(format!(
+                                "store {}: the store is gone (its config file is no longer there: unmounted, moved \
+                                 or deleted?) while prune was moving object {name}; stopping",
+                                self.location()
+                            )));
+                        }
                         if !self.backend.exists(&batch_dir)? {
                             bail!(
                                 "store {}: another prune fenced this prune's trash batch {batch_dir} (this prune's lock \
@@ -249,7 +256,7 @@ impl Store {
     /// Objects in a batch and their bytes.
     fn batch_size(&self, batch: &str) -> Result<(u64, u64)> {
         let (mut objects, mut bytes) = (0, 0);
-        for name in self.backend.list(&format!("{TRASH}/{batch}"))? {
+        for name in self.list_dir(&format!("{TRASH}/{batch}"))? {
             if is_hex_id(&name) {
                 objects += 1;
                 bytes += self.backend.size(&trash_path(batch, &name)).unwrap_or(0);
@@ -264,7 +271,7 @@ impl Store {
     fn finish_batch(&self, batch: &str, named: &ChunkSet, report: &mut GcReport) -> Result<()> {
         let dir = format!("{TRASH}/{batch}");
         let context = || format!("store {}: finishing trash batch {dir}", self.location());
-        for name in self.backend.list(&dir)? {
+        for name in self.list_dir(&dir)? {
             let Some(key) = chunk_key(&name) else { continue };
             let trashed = trash_path(batch, &name);
             if named.contains(&key) {
@@ -313,7 +320,7 @@ impl Store {
         let mut dirs: Vec<String> = vec![String::new(), "locks".into()];
         for top in ["objects", "snapshots", SESSIONS, TRASH, REVOKED] {
             dirs.push(top.into());
-            dirs.extend(self.backend.list(top)?.into_iter().map(|d| format!("{top}/{d}")));
+            dirs.extend(self.list_dir(top)?.into_iter().map(|d| format!("{top}/{d}")));
         }
         let mut removed = 0;
         for dir in &dirs {
@@ -325,21 +332,21 @@ impl Store {
                 }
             }
         }
-        for name in self.backend.list("locks")? {
+        for name in self.list_dir("locks")? {
             let path = format!("locks/{name}");
             if name.starts_with("clock-") && old(&path)? {
                 self.backend.remove(&path)?;
                 removed += 1;
             }
         }
-        for id in self.backend.list(REVOKED)? {
+        for id in self.list_dir(REVOKED)? {
             let dir = format!("{REVOKED}/{id}");
             let mark = format!("{dir}/{REVOKED_MARK}");
             let since = if self.backend.exists(&mark)? { mark.clone() } else { dir.clone() };
             if !old(&since)? {
                 continue;
             }
-            for name in self.backend.list(&dir)?.into_iter().chain(self.backend.list_unfinished(&dir)?) {
+            for name in self.list_dir(&dir)?.into_iter().chain(self.backend.list_unfinished(&dir)?) {
                 self.backend.remove(&format!("{dir}/{name}"))?;
             }
             self.backend.remove_dir(&dir)?;

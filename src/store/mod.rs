@@ -175,6 +175,12 @@ impl DamagedSnapshot {
         }
     }
 
+    /// Whether its content is damaged (it no longer hashes or parses), as opposed to a file
+    /// that could not be read at all.
+    pub fn is_damage(&self) -> bool {
+        is_manifest_damage(&self.error)
+    }
+
     /// Why it is unusable, without the store and path (which the caller names itself).
     pub fn reason(&self) -> String {
         match self.error.chain().find_map(|cause| cause.downcast_ref::<ManifestDamage>()) {
@@ -373,8 +379,8 @@ impl Store {
                 return Err(usage(format!("store {location}: cannot read its config: {e}")));
             }
         };
-        let config: StoreConfig =
-            serde_json::from_slice(&raw).with_context(|| format!("store {location}: config file is damaged"))?;
+        let config: StoreConfig = serde_json::from_slice(&raw)
+            .map_err(|e| usage(format!("store {location}: config file is damaged: {e}")))?;
         if config.magic != MAGIC {
             return Err(usage(format!("store {location}: config file is not a repovault store config")));
         }
@@ -504,11 +510,16 @@ impl Store {
         }
     }
 
+    /// The entries of a store directory (see [`Backend::list`]); an error names it.
+    pub(crate) fn list_dir(&self, dir: &str) -> Result<Vec<String>> {
+        self.backend.list(dir).with_context(|| format!("store {}: listing {dir}/", self.location()))
+    }
+
     /// Every object id in the store.
     pub fn list_objects(&self) -> Result<Vec<ObjectId>> {
         let mut ids = Vec::new();
-        for fan in self.backend.list("objects")? {
-            for name in self.backend.list(&format!("objects/{fan}"))? {
+        for fan in self.list_dir("objects")? {
+            for name in self.list_dir(&format!("objects/{fan}"))? {
                 if is_hex_id(&name) && name.starts_with(&fan) {
                     ids.push(name);
                 }
@@ -576,7 +587,7 @@ impl Store {
     pub fn snapshot_entries(&self, repo: Option<&str>) -> Result<Vec<SnapshotEntry>> {
         let keys = match repo {
             Some(repo) => vec![repo_key(repo)],
-            None => self.backend.list("snapshots")?,
+            None => self.list_dir("snapshots")?,
         };
         let mut entries = Vec::new();
         for key in keys {
@@ -588,7 +599,7 @@ impl Store {
 
     fn entries_under(&self, key: &str) -> Result<Vec<SnapshotEntry>> {
         let mut entries = Vec::new();
-        for file in self.backend.list(&format!("snapshots/{key}"))? {
+        for file in self.list_dir(&format!("snapshots/{key}"))? {
             if let Some((stamp, id)) = file.split_once('-')
                 && is_hex_id(id)
             {
@@ -740,7 +751,7 @@ impl Store {
 
     /// The directory keys of every repository with snapshots (see [`repo_key`]).
     pub fn repo_keys(&self) -> Result<Vec<String>> {
-        Ok(self.backend.list("snapshots")?)
+        Ok(self.list_dir("snapshots")?)
     }
 
     /// The latest snapshot under a repository key, if any.
