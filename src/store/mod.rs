@@ -751,7 +751,7 @@ impl Store {
 
     /// The directory keys of every repository with snapshots (see [`repo_key`]).
     pub fn repo_keys(&self) -> Result<Vec<String>> {
-        Ok(self.list_dir("snapshots")?)
+        self.list_dir("snapshots")
     }
 
     /// The latest snapshot under a repository key, if any.
