@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod pg;
+pub mod sshd;
 
 use std::{
     path::{Path, PathBuf},
