@@ -25,7 +25,11 @@ fn ssh_to_the_alias_succeeds() {
 fn rsh_and_url_reach_the_host_as_documented() {
     let env = Env::new();
     let sshd = Sshd::start(&env.path("sshd"));
+    let mut env = env;
     assert_eq!(sshd.url(&env.path("store")), format!("ssh://backup-host{}", env.path("store").display()));
+    assert_eq!(env.store_address(), env.store());
+    env.use_ssh(&sshd);
+    assert_eq!(env.store_address(), sshd.url(&env.path("store")));
     // REPOVAULT_RSH is split into words by repovault; so does a shell here.
     let out = std::process::Command::new("sh")
         .arg("-c")

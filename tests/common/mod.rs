@@ -12,11 +12,29 @@ use std::{
 
 pub struct Env {
     pub dir: tempfile::TempDir,
+    /// Set by `use_ssh`: the store's ssh:// URL and the ssh command that reaches it.
+    ssh: Option<(String, String)>,
 }
 
 impl Env {
     pub fn new() -> Env {
-        Env { dir: tempfile::tempdir().expect("tempdir") }
+        Env { dir: tempfile::tempdir().expect("tempdir"), ssh: None }
+    }
+
+    /// From now on repovault reaches this env's store through `sshd`, as
+    /// `ssh://backup-host/<store path>` with REPOVAULT_RSH set to `sshd.rsh()`: every helper
+    /// (init_store, backup, restore_matches...) then works over SSH, while the tests' own
+    /// checks still read the store's files at `path("store")` (the same machine).
+    pub fn use_ssh(&mut self, sshd: &sshd::Sshd) {
+        self.ssh = Some((sshd.url(&self.path("store")), sshd.rsh()));
+    }
+
+    /// What repovault is given as the store: the local path, or its ssh:// URL after `use_ssh`.
+    pub fn store_address(&self) -> String {
+        match &self.ssh {
+            Some((url, _)) => url.clone(),
+            None => self.store(),
+        }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -27,15 +45,18 @@ impl Env {
         self.path("store").to_string_lossy().into_owned()
     }
 
-    /// repovault with `--store` set to this env's store via the environment, ready to run
-    /// or spawn.
+    /// repovault with `--store` set to this env's store (`store_address`) via the environment,
+    /// ready to run or spawn.
     pub fn rv_command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_repovault"));
         command
             .args(args)
-            .env("REPOVAULT_STORE", self.store())
+            .env("REPOVAULT_STORE", self.store_address())
             .env("TMPDIR", self.dir.path())
             .current_dir(self.dir.path());
+        if let Some((_, rsh)) = &self.ssh {
+            command.env("REPOVAULT_RSH", rsh);
+        }
         command
     }
 

@@ -276,6 +276,14 @@ impl Sshd {
         }
     }
 
+    /// Starts a stopped sshd again, same port and host key: the storage host is back.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "sshd is running");
+        if let Err(e) = self.spawn() {
+            panic!("sshd did not start again: {e}");
+        }
+    }
+
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }
