@@ -465,3 +465,26 @@ fn a_full_snapshot_of_many_pushes_keeps_delta_chains_within_50() {
     let stored = snapshots_json(&env, "forge")[0]["pack_bytes"].as_u64().unwrap();
     assert!(stored < 200_000, "still stored as deltas: {stored} bytes");
 }
+
+/// A forge's repository whose recent pushes are still loose objects (receive-pack leaves
+/// small pushes unpacked until a gc): a full snapshot stores each loose version of a file as
+/// a delta against the version before it, not whole.
+#[test]
+fn a_full_snapshot_stores_loose_versions_as_deltas() {
+    let env = Env::new();
+    env.init_store();
+    let repo = new_repo(&env.path("src"));
+    let text = noise_text(31, 200_000);
+    let mut lines: Vec<String> = text.as_bytes().chunks(60).map(|l| String::from_utf8(l.to_vec()).unwrap()).collect();
+    commit_file(&repo, "big.txt", &(lines.join("\n") + "\n"), "first");
+    git(&repo, &["repack", "-q", "-a", "-d"]);
+    for push in 0..8 {
+        lines[push * 37] = format!("edited in push {push}");
+        commit_file(&repo, "big.txt", &(lines.join("\n") + "\n"), &format!("push {push}"));
+    }
+    env.backup("src", &repo);
+    let stored = snapshots_json(&env, "src")[0]["pack_bytes"].as_u64().unwrap();
+    // One version is about 155 KB compressed; nine whole would be 1.4 MB.
+    assert!(stored < 300_000, "full snapshot of one packed and eight loose versions: {stored} bytes");
+    env.restore_matches("src", &env.path("out"), &repo);
+}

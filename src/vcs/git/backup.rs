@@ -28,7 +28,7 @@ use gix_pack::data::output::{self, count::objects::ObjectExpansion};
 
 use super::{
     delta_bases,
-    pack_copy::{DeltaBases, copy_verbatim, holds_exactly, index_bytes, source_packs, write_objects},
+    pack_copy::{DeltaBases, SourcePack, copy_verbatim, holds_exactly, index_bytes, source_packs, write_objects},
     pack_index::{IndexEntry, encode_v2},
     pack_writer::PackWriter,
     rev_list,
@@ -248,6 +248,44 @@ enum Index {
     Bytes(Vec<u8>),
 }
 
+/// A full snapshot copies packed objects with the source's own deltas; objects still loose
+/// (pushed since the source's last gc: receive-pack leaves small pushes loose) have none and
+/// would be stored whole. The commits that are loose themselves are found by walking back
+/// from the refs until packed commits; each is paired with its first parent by path, as an
+/// incremental snapshot's new commits are, so that its loose objects become deltas against
+/// the versions before them.
+fn loose_deltas(handle: &Handle, packs: &[SourcePack], refs: &RefState, counted: &[ObjectId]) -> Result<DeltaBases> {
+    let mut loose_commits = Vec::new();
+    let mut seen = HashSet::new();
+    let mut queue: Vec<ObjectId> = refs.tips().collect();
+    let mut buf = Vec::new();
+    while let Some(id) = queue.pop() {
+        if !seen.insert(id) || packs.iter().any(|p| p.holds(&id)) {
+            continue;
+        }
+        let Some((data, _)) = gix_pack::Find::try_find(handle, &id, &mut buf).map_err(|e| anyhow!("{e}"))? else {
+            continue;
+        };
+        if data.kind != gix::object::Kind::Commit {
+            continue;
+        }
+        loose_commits.push(id);
+        for token in gix::objs::CommitRefIter::from_bytes(data.data, id.kind()) {
+            match token {
+                Ok(gix::objs::commit::ref_iter::Token::Parent { id }) => queue.push(id),
+                Ok(gix::objs::commit::ref_iter::Token::Tree { .. }) => {}
+                _ => break,
+            }
+        }
+    }
+    if loose_commits.is_empty() {
+        return Ok(DeltaBases::default());
+    }
+    let new_objects: gix::hashtable::HashSet<ObjectId> = counted.iter().copied().collect();
+    let bases = delta_bases::choose(handle, &loose_commits, &new_objects)?;
+    Ok(DeltaBases { bases, new_objects, thin_allowed: false })
+}
+
 /// A debug line per phase, with the resident memory: what `scripts/bench` profiles.
 fn log_phase(timer: &std::time::Instant, phase: &str, amount: u64) {
     // Reading /proc costs a little; only worth it when the line is written.
@@ -340,7 +378,9 @@ pub fn write_pack(
     crate::memory::release_freed_heap();
     log_phase(&timer, "counted objects", counted.len() as u64);
     let num_objects = u32::try_from(counted.len()).context("more than 2^32 objects in one pack")?;
-    let deltas = if new_commits.is_empty() {
+    let deltas = if full {
+        loose_deltas(&handle, &source_packs, refs, &counted).context("choosing delta bases for loose objects")?
+    } else if new_commits.is_empty() {
         DeltaBases::default()
     } else {
         let new_objects: gix::hashtable::HashSet<ObjectId> = counted.iter().copied().collect();

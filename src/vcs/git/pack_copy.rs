@@ -74,6 +74,11 @@ impl SourcePack {
         self.offsets.binary_search(&offset).ok()
     }
 
+    /// Whether this pack holds object `id`.
+    pub fn holds(&self, id: &gix::oid) -> bool {
+        self.index.lookup(id).is_some()
+    }
+
     /// The position in offset order of object `id`, if this pack holds it.
     fn position_of(&self, id: &gix::oid) -> Option<usize> {
         let at = self.index.lookup(id)?;
