@@ -57,6 +57,9 @@ enum Command {
     /// Apply a retention policy: forget the snapshots it does not keep and delete the data no
     /// snapshot names, safely while backups run (--dry-run: only say what it would do).
     Prune(commands::prune::PruneArgs),
+    /// The remote end of an ssh:// store (run by ssh for a client, not by people).
+    #[command(hide = true)]
+    Serve(commands::serve::ServeArgs),
     /// Create or upgrade the PostgreSQL tables of the change feed and the scheduler.
     Migrate(commands::migrate::MigrateArgs),
 }
@@ -98,6 +101,7 @@ fn main() -> ExitCode {
         Command::Forget(args) => commands::forget::run(&ctx, args),
         Command::Prune(args) => commands::prune::run(&ctx, args),
         Command::Migrate(args) => commands::migrate::run(&ctx, args),
+        Command::Serve(args) => commands::serve::run(&ctx, args),
     };
     match result {
         Ok(Outcome::Done) => ExitCode::SUCCESS,

@@ -10,6 +10,7 @@ pub mod migrate;
 pub mod prune;
 pub mod restore;
 pub mod run;
+pub mod serve;
 pub mod snapshots;
 pub mod verify;
 
@@ -35,9 +36,13 @@ pub enum Outcome {
 /// The `--store` option shared by every command that reads or writes a store.
 #[derive(Debug, Clone, Args)]
 pub struct StoreArg {
-    /// The store: a local or NFS path (ssh:// stores are planned).
+    /// The store: a local or NFS path, or ssh://[user@]host[:port]/absolute/path.
     #[arg(long, env = "REPOVAULT_STORE", value_name = "STORE")]
     pub store: Option<String>,
+    /// For an ssh:// store: the repovault binary on the remote host (default: `repovault`
+    /// on its PATH).
+    #[arg(long, value_name = "COMMAND")]
+    pub remote_command: Option<String>,
 }
 
 /// Options every command sees.
@@ -53,7 +58,15 @@ pub struct Context {
 
 impl Context {
     pub fn open_store(&self, arg: &StoreArg) -> anyhow::Result<crate::store::Store> {
-        crate::store::Store::open(&self.config.store(arg.store.as_deref())?)
+        crate::store::Store::open_with(&self.config.store(arg.store.as_deref())?, &self.access(arg))
+    }
+
+    /// How to reach an ssh:// store: the flag, then the config file.
+    pub fn access(&self, arg: &StoreArg) -> crate::store::Access {
+        crate::store::Access {
+            ssh_command: self.config.ssh_command.clone(),
+            remote_command: arg.remote_command.clone().or_else(|| self.config.remote_command.clone()),
+        }
     }
 
     /// Where scratch directories are made.

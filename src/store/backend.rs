@@ -7,6 +7,8 @@
 
 use std::io;
 
+pub use super::protocol::RootState;
+
 pub trait Backend: Send + Sync {
     /// Human-readable location, for error messages.
     fn location(&self) -> String;
@@ -58,4 +60,11 @@ pub trait Backend: Send + Sync {
     /// Creates a directory durably; existing is fine. Its parent must exist: a missing one
     /// means the store is gone, and is an error.
     fn create_dir(&self, dir: &str) -> io::Result<()>;
+
+    /// What is at the store's root path (for `init`, which must not take over a directory
+    /// holding something else).
+    fn root_state(&self) -> io::Result<RootState>;
+
+    /// Creates the store's root directory and any missing parents (for `init` only).
+    fn create_root(&self) -> io::Result<()>;
 }

@@ -12,7 +12,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use super::backend::Backend;
+use super::backend::{Backend, RootState};
 
 /// Prefix of in-flight temporary files; `list` hides them and `prune` may delete old ones.
 pub const TEMP_PREFIX: &str = ".tmp-";
@@ -227,5 +227,20 @@ impl Backend for LocalBackend {
             sync_dir(parent)?;
         }
         Ok(())
+    }
+
+    fn root_state(&self) -> io::Result<RootState> {
+        match fs::metadata(&self.root) {
+            Ok(meta) if !meta.is_dir() => Ok(RootState::NotADirectory),
+            Ok(_) => {
+                Ok(if fs::read_dir(&self.root)?.next().is_some() { RootState::NotEmpty } else { RootState::Empty })
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(RootState::Missing),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn create_root(&self) -> io::Result<()> {
+        fs::create_dir_all(&self.root)
     }
 }

@@ -7,13 +7,14 @@ pub mod chunker;
 pub mod gc;
 pub mod local;
 pub mod lock;
+pub mod protocol;
 pub mod runs;
 pub mod session;
+pub mod ssh;
 
 use std::{
     collections::{HashMap, HashSet},
     io,
-    path::Path,
     sync::atomic::{AtomicU64, Ordering},
 };
 
@@ -22,7 +23,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::{error::usage, snapshot::Snapshot};
-pub use backend::Backend;
+pub use backend::{Backend, RootState};
 use local::LocalBackend;
 pub use runs::RunRecord;
 
@@ -297,52 +298,57 @@ pub enum InitOutcome {
     AlreadyAStore,
 }
 
-fn open_backend(location: &str) -> Result<std::sync::Arc<dyn Backend>> {
-    if location.starts_with("ssh://") {
-        return Err(usage(format!(
-            "store {location}: ssh:// stores are not supported by this build yet; use a local or NFS path"
-        )));
-    }
+/// How to reach an ssh:// store (unused for local ones): the config's `ssh_command` and
+/// `remote_command`, or `--remote-command`. `REPOVAULT_RSH` wins over `ssh_command`.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    pub ssh_command: Option<String>,
+    pub remote_command: Option<String>,
+}
+
+fn open_backend(location: &str, access: &Access) -> Result<std::sync::Arc<dyn Backend>> {
     if location.is_empty() {
         return Err(usage("no store given: pass --store, set REPOVAULT_STORE or `store` in the config file"));
+    }
+    if location.starts_with("ssh://") {
+        return Ok(std::sync::Arc::new(ssh::SshBackend::new(location, access)?));
     }
     Ok(std::sync::Arc::new(LocalBackend::new(location)))
 }
 
 impl Store {
+    /// [`Store::init_with`] with the default ssh access.
+    pub fn init(location: &str) -> Result<InitOutcome> {
+        Self::init_with(location, &Access::default())
+    }
+
     /// Creates an empty store at `location`. An existing store is left alone; a non-empty
     /// directory that is not a store, or anything that is not a directory, is refused.
     /// Every error names `location`.
-    pub fn init(location: &str) -> Result<InitOutcome> {
-        let backend = open_backend(location)?;
-        let path = Path::new(location);
-        match std::fs::metadata(path) {
-            Ok(meta) if !meta.is_dir() => {
+    pub fn init_with(location: &str, access: &Access) -> Result<InitOutcome> {
+        let backend = open_backend(location, access)?;
+        let state = backend.root_state().map_err(|e| usage(format!("store {location}: cannot examine it: {e}")))?;
+        match state {
+            RootState::NotADirectory => {
                 return Err(usage(format!(
                     "store {location}: exists and is not a directory; give a new or empty directory"
                 )));
             }
-            Ok(_) => {
+            RootState::NotEmpty => {
                 let has_config = backend
                     .exists(CONFIG_PATH)
                     .map_err(|e| usage(format!("store {location}: cannot look inside the directory: {e}")))?;
                 if has_config {
-                    Self::open(location)?;
+                    Self::open_with(location, access)?;
                     return Ok(InitOutcome::AlreadyAStore);
                 }
-                let mut entries = std::fs::read_dir(path)
-                    .map_err(|e| usage(format!("store {location}: cannot list the directory: {e}")))?;
-                if entries.next().is_some() {
-                    return Err(usage(format!(
-                        "store {location}: directory is not empty and is not a repovault store; refusing to initialize it"
-                    )));
-                }
+                return Err(usage(format!(
+                    "store {location}: directory is not empty and is not a repovault store; refusing to initialize it"
+                )));
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(usage(format!("store {location}: cannot examine it: {e}"))),
+            RootState::Missing | RootState::Empty => {}
         }
-        std::fs::create_dir_all(path)
-            .map_err(|e| usage(format!("store {location}: cannot create the directory: {e}")))?;
+        backend.create_root().map_err(|e| usage(format!("store {location}: cannot create the directory: {e}")))?;
         for dir in ["objects", "snapshots", "locks"] {
             backend.create_dir(dir).with_context(|| format!("store {location}: cannot create {dir}/"))?;
         }
@@ -365,9 +371,14 @@ impl Store {
         Ok(InitOutcome::Created)
     }
 
-    /// Opens an existing store, checking its format version.
+    /// [`Store::open_with`] with the default ssh access.
     pub fn open(location: &str) -> Result<Store> {
-        let backend = open_backend(location)?;
+        Self::open_with(location, &Access::default())
+    }
+
+    /// Opens an existing store, checking its format version.
+    pub fn open_with(location: &str, access: &Access) -> Result<Store> {
+        let backend = open_backend(location, access)?;
         let raw = match backend.read(CONFIG_PATH) {
             Ok(raw) => raw,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -844,7 +855,7 @@ fn encode(data: &[u8]) -> Result<Vec<u8>> {
     }
 }
 
-fn decode(raw: &[u8]) -> Result<Vec<u8>> {
+pub(crate) fn decode(raw: &[u8]) -> Result<Vec<u8>> {
     match raw.split_first() {
         Some((&ENCODING_RAW, rest)) => Ok(rest.to_vec()),
         Some((&ENCODING_ZSTD, rest)) => {
