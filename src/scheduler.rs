@@ -302,11 +302,15 @@ fn back_up_with_retries(
     JobResult { name: candidate.name.clone(), outcome, attempts, started_at, duration: start.elapsed() }
 }
 
-/// I/O errors worth another try: the kinds NFS and busy disks produce and that go away.
+/// I/O errors worth another try: the kinds NFS and busy disks produce and that go away, and
+/// a dropped ssh:// connection (the next request connects again).
 pub fn is_transient(err: &anyhow::Error) -> bool {
     err.chain().filter_map(|cause| cause.downcast_ref::<std::io::Error>()).any(|io| {
         use std::io::ErrorKind::*;
-        matches!(io.kind(), Interrupted | TimedOut | WouldBlock | ResourceBusy | StaleNetworkFileHandle)
+        matches!(
+            io.kind(),
+            Interrupted | TimedOut | WouldBlock | ResourceBusy | StaleNetworkFileHandle | ConnectionAborted
+        )
             // EIO, EAGAIN, ESTALE, ETIMEDOUT
             || matches!(io.raw_os_error(), Some(5 | 11 | 116 | 110))
     })
@@ -321,6 +325,8 @@ mod tests {
     fn transient_errors_are_told_from_permanent_ones() {
         let stale = std::io::Error::from_raw_os_error(116); // ESTALE
         assert!(is_transient(&anyhow::Error::new(stale).context("reading pack")));
+        let dropped = std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "the connection was lost");
+        assert!(is_transient(&anyhow::Error::new(dropped).context("store ssh://h/s: reading x")));
         let eio: anyhow::Result<()> = Err(std::io::Error::from_raw_os_error(5).into());
         assert!(is_transient(&eio.context("repository x").unwrap_err()));
         let missing = std::io::Error::new(std::io::ErrorKind::NotFound, "gone");

@@ -154,7 +154,8 @@ impl SshBackend {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot run `{}`: {e}", self.argv[0])))?;
+            // Not the error's own kind: a missing ssh program is no "file not found" in the store.
+            .map_err(|e| io::Error::other(format!("cannot run `{}`: {e}", self.argv[0])))?;
         let stderr = Arc::new(Mutex::new(VecDeque::new()));
         let pipe = child.stderr.take().expect("piped");
         let tail = stderr.clone();

@@ -1,0 +1,280 @@
+//! ssh:// stores through a real sshd (tests/common/sshd.rs), and `repovault serve --stdio`
+//! spoken to directly through a pipe.
+
+mod common;
+
+use common::{
+    Env, code, commit_file, files_under, new_repo, ref_state,
+    sshd::{Sshd, exit_within},
+    stderr,
+};
+use repovault::store::{
+    Access, Store, hash_hex,
+    protocol::{self, MAGIC, PROTOCOL_VERSION, Request, Response},
+};
+use std::{
+    io::Write,
+    path::Path,
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    time::Duration,
+};
+
+/// The names of the store's object files: what backups wrote.
+fn object_names(store: &Path) -> Vec<String> {
+    let mut names: Vec<String> = files_under(&store.join("objects"))
+        .into_iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn snapshot_ids(env: &Env, name: &str) -> Vec<String> {
+    let out = env.rv_ok(&["snapshots", name, "--json"]);
+    let list: serde_json::Value = serde_json::from_str(&out).expect("snapshots --json");
+    list.as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap().to_owned()).collect()
+}
+
+#[test]
+fn init_backup_restore_verify_snapshots_prune_over_ssh_equal_local() {
+    let mut remote = Env::new();
+    let sshd = Sshd::start(&remote.path("sshd"));
+    remote.use_ssh(&sshd);
+    let local = Env::new();
+    let repo = new_repo(&local.path("src"));
+    commit_file(&repo, "a.txt", &"first version\n".repeat(200), "one");
+
+    remote.init_store();
+    local.init_store();
+    assert!(remote.path("store/config").is_file(), "init over ssh made no store at the remote path");
+    assert!(remote.rv_ok(&["init"]).is_empty(), "a second init over ssh is a no-op");
+
+    let first = remote.backup("app", &repo);
+    local.backup("app", &repo);
+    commit_file(&repo, "b.txt", &"second file\n".repeat(300), "two");
+    let second = remote.backup("app", &repo);
+    local.backup("app", &repo);
+
+    // The same data in both stores, object for object.
+    assert_eq!(object_names(&remote.path("store")), object_names(&local.path("store")));
+    assert_eq!(snapshot_ids(&remote, "app"), vec![first.clone(), second.clone()]);
+
+    remote.restore_matches("app", &remote.path("restored"), &repo);
+    let old = remote.path("restored-old");
+    remote.restore("app", &old, Some(&first));
+    assert_eq!(common::git(&old, &["ls-tree", "--name-only", "HEAD"]).trim(), "a.txt");
+
+    let verify = remote.rv(&["verify", "--deep"]);
+    assert_eq!(code(&verify), 0, "verify --deep over ssh: {}", stderr(&verify));
+
+    let pruned = remote.rv_ok(&["prune", "--keep-last", "1"]);
+    local.rv_ok(&["prune", "--keep-last", "1"]);
+    assert!(pruned.contains("forgot 1 snapshot"), "{pruned}");
+    assert_eq!(snapshot_ids(&remote, "app"), vec![second]);
+    assert_eq!(object_names(&remote.path("store")), object_names(&local.path("store")));
+    let again = remote.path("restored-after-prune");
+    remote.restore_matches("app", &again, &repo);
+    assert_eq!(ref_state(&again), ref_state(&repo));
+    assert_eq!(code(&remote.rv(&["verify", "--deep"])), 0);
+    // Nothing left running on the storage host once the commands are done.
+    assert!(exit_within(&sshd.serve_processes(), Duration::from_secs(10)), "a serve outlived its client");
+}
+
+#[test]
+fn a_changed_host_key_refuses_the_store_with_ssh_saying_why() {
+    let mut env = Env::new();
+    let mut sshd = Sshd::start(&env.path("sshd"));
+    env.use_ssh(&sshd);
+    env.init_store();
+    sshd.change_host_key();
+    let out = env.rv(&["snapshots"]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains(&env.store_address()), "the error names the store: {err}");
+    assert!(err.to_lowercase().contains("host key"), "ssh's own reason is shown: {err}");
+}
+
+#[test]
+fn a_protocol_mismatch_names_both_versions() {
+    let mut env = Env::new();
+    let sshd = Sshd::start(&env.path("sshd"));
+    env.use_ssh(&sshd);
+    env.init_store();
+
+    // A remote repovault of another protocol version: it answers the hello as every
+    // version must, with its own number.
+    let hello = Response::Hello { magic: MAGIC.into(), protocol: PROTOCOL_VERSION + 7, version: "9.9.9".into() };
+    let mut frame = Vec::new();
+    protocol::write_frame(&mut frame, &hello, &[]).unwrap();
+    std::fs::write(env.path("future-hello"), &frame).unwrap();
+    sshd.install_remote_command(
+        "repovault",
+        &format!("#!/bin/sh\ncat {}\ncat >/dev/null\n", env.path("future-hello").display()),
+    );
+    let out = env.rv(&["snapshots"]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("protocol mismatch"), "{err}");
+    assert!(err.contains(&format!("speaks protocol {PROTOCOL_VERSION}")), "{err}");
+    assert!(err.contains(&format!("speaks protocol {}", PROTOCOL_VERSION + 7)) && err.contains("9.9.9"), "{err}");
+
+    // And the other way round: a serve meeting a client of another version says so too.
+    let mut serve = Serve::start(&env.path("store"));
+    let ours = serve.hello(PROTOCOL_VERSION + 7);
+    assert!(matches!(ours, Response::Hello { protocol, .. } if protocol == PROTOCOL_VERSION));
+    let out = serve.finish();
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("protocol mismatch") && err.contains(&format!("speaks protocol {}", PROTOCOL_VERSION + 7)));
+}
+
+/// `repovault serve --stdio` spoken to through a pipe, as ssh would connect it.
+struct Serve {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: ChildStdout,
+}
+
+impl Serve {
+    fn start(store: &Path) -> Serve {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_repovault"))
+            .args(["serve", "--stdio", "--store"])
+            .arg(store)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().unwrap();
+        Serve { child, stdin, stdout }
+    }
+
+    fn send(&mut self, request: &Request, payload: &[u8]) -> (Response, Vec<u8>) {
+        let stdin = self.stdin.as_mut().unwrap();
+        protocol::write_frame(stdin, request, payload).unwrap();
+        stdin.flush().unwrap();
+        protocol::read_frame(&mut self.stdout).unwrap().expect("an answer")
+    }
+
+    fn hello(&mut self, version: u32) -> Response {
+        let hello = Request::Hello { magic: MAGIC.into(), protocol: version, version: "test".into() };
+        self.send(&hello, &[]).0
+    }
+
+    /// Closes stdin (the client goes away) and waits for the serve to exit.
+    fn finish(mut self) -> std::process::Output {
+        self.stdin = None;
+        self.child.wait_with_output().unwrap()
+    }
+}
+
+fn error_message(answer: Response) -> String {
+    match answer {
+        Response::Error(e) => e.message,
+        other => panic!("expected an error answer, got {other:?}"),
+    }
+}
+
+#[test]
+fn serve_refuses_paths_outside_the_store() {
+    let env = Env::new();
+    env.init_store();
+    std::fs::write(env.path("secret"), "outside the store").unwrap();
+    let mut serve = Serve::start(&env.path("store"));
+    serve.hello(PROTOCOL_VERSION);
+    let outside = env.path("secret").to_string_lossy().into_owned();
+    for path in [outside.as_str(), "../secret", "objects/../../secret", "objects//../secret", "secret"] {
+        let (answer, data) = serve.send(&Request::Read { path: path.into() }, &[]);
+        assert!(data.is_empty());
+        assert!(error_message(answer).contains("not a path inside the store"), "{path}");
+    }
+    let (answer, _) = serve.send(&Request::WriteNew { path: "../planted".into() }, b"x");
+    assert!(error_message(answer).contains("not a path inside the store"));
+    let (answer, _) = serve.send(&Request::Rename { from: "config".into(), to: "../stolen".into() }, &[]);
+    assert!(error_message(answer).contains("not a path inside the store"));
+    assert!(!env.path("planted").exists() && !env.path("stolen").exists());
+    assert!(env.path("store/config").exists());
+    // Refusals are answers, not the end of the connection; and each one is logged.
+    let (answer, config) = serve.send(&Request::Read { path: "config".into() }, &[]);
+    assert_eq!(answer, Response::Data);
+    assert!(String::from_utf8_lossy(&config).contains("repovault-store"));
+    let out = serve.finish();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).matches("not a path inside the store").count() >= 7, "{}", stderr(&out));
+}
+
+#[test]
+fn serve_refuses_an_object_whose_payload_does_not_hash_to_its_name() {
+    let env = Env::new();
+    env.init_store();
+    let mut serve = Serve::start(&env.path("store"));
+    serve.hello(PROTOCOL_VERSION);
+    let data = b"some chunk of a pack".repeat(100);
+    let id = hash_hex(&data);
+    let path = format!("objects/{}/{id}", &id[..2]);
+    // The raw encoding: one byte 0, then the data (docs/FORMAT.md, "Objects").
+    let mut payload = vec![0u8];
+    payload.extend_from_slice(&data);
+    let mut damaged = payload.clone();
+    damaged[500] ^= 0x20;
+
+    let (answer, _) = serve.send(&Request::WriteNew { path: path.clone() }, &damaged);
+    assert!(error_message(answer).contains("not to its name"));
+    let object = env.path("store").join(&path);
+    assert!(!object.exists(), "a damaged transfer became an object");
+    assert!(files_under(&env.path("store/objects")).is_empty(), "something was left behind");
+
+    let (answer, _) = serve.send(&Request::WriteNew { path: path.clone() }, &payload);
+    assert_eq!(answer, Response::Bool { value: true });
+    assert_eq!(std::fs::read(&object).unwrap(), payload);
+    serve.finish();
+}
+
+#[test]
+fn serve_exits_when_its_client_vanishes() {
+    let mut env = Env::new();
+    let sshd = Sshd::start(&env.path("sshd"));
+    env.use_ssh(&sshd);
+    env.init_store();
+    let store = Store::open_with(&env.store_address(), &Access { ssh_command: Some(sshd.rsh()), remote_command: None })
+        .unwrap();
+    assert!(store.snapshots(None).unwrap().is_empty());
+    let serves = sshd.kill_connections();
+    assert_eq!(serves.len(), 1, "one connection, one serve");
+    assert!(exit_within(&serves, Duration::from_secs(10)), "the serve outlived its connection");
+    assert!(files_under(&env.path("store/locks")).is_empty());
+}
+
+#[test]
+fn a_dropped_connection_is_reconnected_on_the_next_request() {
+    let mut env = Env::new();
+    let sshd = Sshd::start(&env.path("sshd"));
+    env.use_ssh(&sshd);
+    env.init_store();
+    let repo = new_repo(&env.path("src"));
+    commit_file(&repo, "a.txt", "hello\n", "one");
+    let id = env.backup("app", &repo);
+    let store = Store::open_with(&env.store_address(), &Access { ssh_command: Some(sshd.rsh()), remote_command: None })
+        .unwrap();
+    assert_eq!(store.snapshots(None).unwrap().len(), 1);
+    assert_eq!(sshd.kill_serve_processes(), 1);
+    // Reading is sent again on a new connection: the drop does not show.
+    let snapshots = store.snapshots(Some("app")).unwrap();
+    assert_eq!(snapshots[0].id, id);
+    assert_eq!(sshd.serve_processes().len(), 1, "a new connection");
+
+    // A write is not resent blindly: it fails as a dropped connection (which `run`
+    // retries), and the next request connects again.
+    // (Registering a session begins with creating sessions/, a write.)
+    assert_eq!(sshd.kill_serve_processes(), 1);
+    let err = store.ensure_session().unwrap_err();
+    let io = err.chain().find_map(|c| c.downcast_ref::<std::io::Error>()).expect("an io error");
+    assert_eq!(io.kind(), std::io::ErrorKind::ConnectionAborted, "{err:#}");
+    assert!(format!("{err:#}").contains("connection to backup-host was lost"), "{err:#}");
+    assert!(repovault::scheduler::is_transient(&err));
+    store.ensure_session().unwrap();
+    let data = b"written after a drop".to_vec();
+    store.put_object(&hash_hex(&data), &data).unwrap();
+    assert_eq!(store.get_object(&hash_hex(&data)).unwrap(), data);
+}
