@@ -278,3 +278,28 @@ fn a_dropped_connection_is_reconnected_on_the_next_request() {
     store.put_object(&hash_hex(&data), &data).unwrap();
     assert_eq!(store.get_object(&hash_hex(&data)).unwrap(), data);
 }
+
+#[test]
+fn a_connection_dropped_mid_run_fails_the_repository_and_run_retries_it() {
+    let mut env = Env::new();
+    let sshd = Sshd::start(&env.path("sshd"));
+    env.use_ssh(&sshd);
+    env.init_store();
+    let repo = common::big_repo(&env.path("scan/big"), 6, 2_000_000);
+    let scan = env.path("scan").to_string_lossy().into_owned();
+    // Slowed down so that the connection is dropped while objects are being written.
+    let run = env
+        .rv_command(&["run", "--scan", &scan, "--rate-limit", "4MiB", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(common::wait_for_stored_bytes(&env.path("store"), 2_000_000), "the backup stored nothing");
+    assert!(sshd.kill_serve_processes() >= 1, "no connection to drop");
+    let out = run.wait_with_output().unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stderr(&out).contains("retrying"), "the dropped connection was not retried: {}", stderr(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((summary["backed_up"].as_u64(), summary["failed"].as_u64()), (Some(1), Some(0)), "{summary}");
+    env.restore_matches("big", &env.path("restored"), &repo);
+}
