@@ -303,3 +303,22 @@ fn a_connection_dropped_mid_run_fails_the_repository_and_run_retries_it() {
     assert_eq!((summary["backed_up"].as_u64(), summary["failed"].as_u64()), (Some(1), Some(0)), "{summary}");
     env.restore_matches("big", &env.path("restored"), &repo);
 }
+
+#[test]
+fn remote_command_names_the_binary_on_the_storage_host() {
+    let mut env = Env::new();
+    let sshd = Sshd::start(&env.path("sshd"));
+    env.use_ssh(&sshd);
+    std::fs::remove_file(sshd.remote_bin().join("repovault")).unwrap();
+    let other = sshd.install_remote_command(
+        "repovault-next",
+        &format!("#!/bin/sh\nexec {} \"$@\"\n", env!("CARGO_BIN_EXE_repovault")),
+    );
+    let out = env.rv(&["init"]);
+    assert_eq!(code(&out), 2, "no repovault on the remote PATH: {}", stderr(&out));
+    env.rv_ok(&["init", "--remote-command", "repovault-next"]);
+    let config = env.path("config.toml");
+    std::fs::write(&config, format!("remote_command = \"{}\"\n", other.display())).unwrap();
+    // The config key, as the flag.
+    env.rv_ok(&["--config", config.to_str().unwrap(), "snapshots"]);
+}
