@@ -287,18 +287,28 @@ fn a_connection_dropped_mid_run_fails_the_repository_and_run_retries_it() {
     env.init_store();
     let repo = common::big_repo(&env.path("scan/big"), 6, 2_000_000);
     let scan = env.path("scan").to_string_lossy().into_owned();
-    // Slowed down so that the connection is dropped while objects are being written.
+    // Slowed down, so that it is still writing objects while its connections are dropped.
     let run = env
         .rv_command(&["run", "--scan", &scan, "--rate-limit", "4MiB", "--json"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    assert!(common::wait_for_stored_bytes(&env.path("store"), 2_000_000), "the backup stored nothing");
-    assert!(sshd.kill_serve_processes() >= 1, "no connection to drop");
+    assert!(common::wait_for_stored_bytes(&env.path("store"), 500_000), "the backup stored nothing");
+    // Every connection is dropped for a second: a reading request sent again on a new
+    // connection meets the next drop too, so the backup cannot slip through (run's first
+    // retry comes two seconds later).
+    let mut dropped = 0;
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(1) {
+        dropped += sshd.kill_serve_processes();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(dropped >= 1, "no connection to drop");
     let out = run.wait_with_output().unwrap();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert!(stderr(&out).contains("retrying"), "the dropped connection was not retried: {}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("retrying") && err.contains("backup-host"), "the dropped connection was not retried: {err}");
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!((summary["backed_up"].as_u64(), summary["failed"].as_u64()), (Some(1), Some(0)), "{summary}");
     env.restore_matches("big", &env.path("restored"), &repo);
@@ -321,4 +331,42 @@ fn remote_command_names_the_binary_on_the_storage_host() {
     std::fs::write(&config, format!("remote_command = \"{}\"\n", other.display())).unwrap();
     // The config key, as the flag.
     env.rv_ok(&["--config", config.to_str().unwrap(), "snapshots"]);
+}
+
+#[test]
+fn concurrent_requests_share_a_few_connections() {
+    let mut env = Env::new();
+    let sshd = Sshd::start(&env.path("sshd"));
+    env.use_ssh(&sshd);
+    env.init_store();
+    let store = Store::open_with(&env.store_address(), &Access { ssh_command: Some(sshd.rsh()), remote_command: None })
+        .unwrap();
+    let most = std::sync::atomic::AtomicUsize::new(0);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                most.fetch_max(sshd.serve_processes().len(), std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        let workers: Vec<_> = (0..10)
+            .map(|_| {
+                scope.spawn(|| {
+                    for _ in 0..30 {
+                        assert_eq!(store.list_objects().unwrap(), Vec::<String>::new());
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.join().unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    let most = most.into_inner();
+    assert!(most > 1, "threads asking at once got no connection of their own");
+    assert!(most <= repovault::store::ssh::MAX_CONNECTIONS, "{most} connections");
+    drop(store);
+    assert!(exit_within(&sshd.serve_processes(), Duration::from_secs(10)), "serves outlived the store");
 }

@@ -2,7 +2,11 @@
 //! system's OpenSSH client (so `~/.ssh/config`, `known_hosts` and the agent work as they do
 //! for git and rsync) running `repovault serve --stdio` there. See [`super::protocol`].
 //!
-//! One connection, one request at a time (a mutex): every backup of a `run` shares it. A
+//! Each connection carries one request at a time; threads that ask at the same time (the
+//! backups of `run --jobs N`, heartbeats) get a connection each, up to [`MAX_CONNECTIONS`],
+//! kept open for the next requests: one ssh channel is limited to about its window per
+//! round trip, and every request waits for the storage host's fsync, so parallel jobs need
+//! parallel channels; the cap stays under sshd's default `MaxStartups` (10). A
 //! connection that dies is dropped and the request fails with `ConnectionAborted` (which
 //! `run` retries); the next request connects again. Requests that change nothing are sent
 //! once more on a new connection before failing, since nothing is lost by asking twice.
@@ -11,7 +15,7 @@ use std::{
     collections::VecDeque,
     io::{self, BufRead, BufReader, BufWriter, Write},
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
-    sync::{Arc, Mutex},
+    sync::{Arc, Condvar, Mutex, MutexGuard},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -81,7 +85,20 @@ pub struct SshBackend {
     target: SshTarget,
     /// The whole command line: the ssh command, its options, the host and the remote command.
     argv: Vec<String>,
-    connection: Mutex<Option<Connection>>,
+    pool: Mutex<Pool>,
+    /// Signalled when a connection is given back or closed.
+    freed: Condvar,
+}
+
+/// Connections to the storage host at most, whatever the number of threads asking.
+pub const MAX_CONNECTIONS: usize = 4;
+
+#[derive(Default)]
+struct Pool {
+    /// Open connections no request is using.
+    idle: Vec<Connection>,
+    /// Open connections, idle or in use (or being opened).
+    open: usize,
 }
 
 impl SshBackend {
@@ -111,7 +128,13 @@ impl SshBackend {
         argv.push(target.host.clone());
         let remote = access.remote_command.as_deref().filter(|s| !s.trim().is_empty()).unwrap_or("repovault");
         argv.push(format!("{remote} serve --stdio --store {}", shell_quote(&target.path)));
-        Ok(SshBackend { location: url.to_owned(), target, argv, connection: Mutex::new(None) })
+        Ok(SshBackend {
+            location: url.to_owned(),
+            target,
+            argv,
+            pool: Mutex::new(Pool::default()),
+            freed: Condvar::new(),
+        })
     }
 
     pub fn target(&self) -> &SshTarget {
@@ -121,19 +144,22 @@ impl SshBackend {
     /// Sends one request and returns the answer; an error answer becomes the io::Error the
     /// remote store met.
     fn call(&self, request: Request, payload: &[u8]) -> io::Result<(Response, Vec<u8>)> {
-        let mut slot = self.connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut tries = 0;
         loop {
             tries += 1;
-            if slot.is_none() {
-                *slot = Some(self.connect()?);
-            }
-            let connection = slot.as_mut().expect("connected above");
+            // A retry never takes an idle connection: whatever killed one likely killed all.
+            let mut connection = self.take(tries > 1)?;
             match connection.exchange(&request, payload) {
-                Ok((Response::Error(error), _)) => return Err(error.into_io()),
-                Ok(answer) => return Ok(answer),
+                Ok(answer) => {
+                    self.pool().idle.push(connection);
+                    self.freed.notify_one();
+                    return match answer {
+                        (Response::Error(error), _) => Err(error.into_io()),
+                        answer => Ok(answer),
+                    };
+                }
                 Err(e) => {
-                    let lost = slot.take().expect("connected above").close();
+                    let lost = self.close(connection);
                     if tries == 1 && request.is_read_only() {
                         continue;
                     }
@@ -144,6 +170,44 @@ impl SshBackend {
                 }
             }
         }
+    }
+
+    fn pool(&self) -> MutexGuard<'_, Pool> {
+        self.pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A connection for one request: an idle one (unless `fresh`), else a new one, else the
+    /// first one given back.
+    fn take(&self, fresh: bool) -> io::Result<Connection> {
+        let mut pool = self.pool();
+        loop {
+            if !fresh && let Some(connection) = pool.idle.pop() {
+                return Ok(connection);
+            }
+            if pool.open < MAX_CONNECTIONS {
+                pool.open += 1;
+                drop(pool);
+                return self.connect().inspect_err(|_| {
+                    self.pool().open -= 1;
+                    self.freed.notify_one();
+                });
+            }
+            if fresh && let Some(old) = pool.idle.pop() {
+                // Room for the new one.
+                drop(pool);
+                self.close(old);
+                pool = self.pool();
+                continue;
+            }
+            pool = self.freed.wait(pool).unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+
+    fn close(&self, connection: Connection) -> Lost {
+        let lost = connection.close();
+        self.pool().open -= 1;
+        self.freed.notify_one();
+        lost
     }
 
     /// Runs ssh and exchanges hellos.
@@ -296,8 +360,13 @@ impl Connection {
 
 impl Drop for SshBackend {
     fn drop(&mut self) {
-        let slot = self.connection.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(connection) = slot.take() {
+        let pool = self.pool.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut connections = std::mem::take(&mut pool.idle);
+        // Every stdin closed first: the serves then all exit at once, not one after another.
+        for connection in &mut connections {
+            connection.stdin = None;
+        }
+        for connection in connections {
             connection.close();
         }
     }
