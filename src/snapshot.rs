@@ -90,6 +90,38 @@ impl Snapshot {
         &id[..id.len().min(12)]
     }
 
+    /// For unit tests: a full snapshot of `repo` made at `created_at` whose one pack is the
+    /// stream of `chunks` (with an empty index).
+    #[cfg(test)]
+    pub(crate) fn naming_chunks(repo: &str, created_at: DateTime<Utc>, chunks: &[&str]) -> Snapshot {
+        let list = ChunkList { size: 0, chunks: chunks.iter().map(|c| (*c).to_owned()).collect() };
+        Snapshot {
+            repo: repo.into(),
+            vcs: Vcs::Git,
+            created_at,
+            source_changed_at: created_at,
+            source_fingerprint: None,
+            parent: None,
+            head: None,
+            head_detached: None,
+            refs: Default::default(),
+            symbolic_refs: Default::default(),
+            object_format: "sha1".into(),
+            packs: vec![PackRecord {
+                checksum: "c".into(),
+                objects: 1,
+                pack: list,
+                index: ChunkList::default(),
+                thin: false,
+            }],
+            new_packs: Some(1),
+            packs_hold_unreachable: Some(false),
+            source_path: format!("/{repo}"),
+            hostname: "h".into(),
+            tool_version: "t".into(),
+        }
+    }
+
     /// The packs this snapshot stored, as opposed to those it inherited.
     pub fn packs_stored_here(&self) -> &[PackRecord] {
         let new = self.new_packs.unwrap_or(self.packs.len()).min(self.packs.len());

@@ -3,7 +3,11 @@
 
 mod common;
 
-use std::{path::Path, thread::sleep, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    thread::sleep,
+    time::Duration,
+};
 
 use common::*;
 
@@ -401,6 +405,17 @@ fn a_latest_snapshot_whose_chunk_is_gone_from_objects_gets_a_full_snapshot_after
     env.restore_matches("src", &env.path("out"), &repo);
 }
 
+/// A working repository and a bare "forge" repository that keeps every push as a pack, however
+/// small, and never repacks them: `(work, forge)`.
+fn forge_keeping_every_push_as_a_pack(env: &Env) -> (PathBuf, PathBuf) {
+    let work = new_repo(&env.path("work"));
+    let forge = env.path("forge.git");
+    git(&env.path(""), &["init", "-q", "--bare", &forge.to_string_lossy()]);
+    git(&forge, &["config", "receive.unpackLimit", "1"]);
+    git(&forge, &["config", "gc.auto", "0"]);
+    (work, forge)
+}
+
 /// A forge's repository as pushes leave it: one pack per push, each carrying whole copies
 /// of the bases its deltas need (`index-pack --fix-thin`). A full snapshot keeps those
 /// deltas (against the copy of the base it took from another pack) instead of storing every
@@ -409,11 +424,7 @@ fn a_latest_snapshot_whose_chunk_is_gone_from_objects_gets_a_full_snapshot_after
 fn a_full_snapshot_of_pushed_packs_keeps_their_deltas() {
     let env = Env::new();
     env.init_store();
-    let work = new_repo(&env.path("work"));
-    let forge = env.path("forge.git");
-    git(&env.path(""), &["init", "-q", "--bare", &forge.to_string_lossy()]);
-    // Every push is kept as a pack, however small.
-    git(&forge, &["config", "receive.unpackLimit", "1"]);
+    let (work, forge) = forge_keeping_every_push_as_a_pack(&env);
     let text = noise_text(11, 300_000);
     let mut lines: Vec<String> = text.as_bytes().chunks(60).map(|l| String::from_utf8(l.to_vec()).unwrap()).collect();
     for push in 0..6 {
@@ -438,11 +449,7 @@ fn a_full_snapshot_of_pushed_packs_keeps_their_deltas() {
 fn a_full_snapshot_of_many_pushes_keeps_delta_chains_within_50() {
     let env = Env::new();
     env.init_store();
-    let work = new_repo(&env.path("work"));
-    let forge = env.path("forge.git");
-    git(&env.path(""), &["init", "-q", "--bare", &forge.to_string_lossy()]);
-    git(&forge, &["config", "receive.unpackLimit", "1"]);
-    git(&forge, &["config", "gc.auto", "0"]);
+    let (work, forge) = forge_keeping_every_push_as_a_pack(&env);
     let mut log = noise_text(21, 20_000);
     for push in 0..70 {
         log.insert_str(0, &format!("push {push}\n"));
@@ -452,15 +459,7 @@ fn a_full_snapshot_of_many_pushes_keeps_delta_chains_within_50() {
     env.backup("forge", &forge);
     let dest = env.path("out");
     env.restore_matches("forge", &dest, &forge);
-    let mut longest = 0u64;
-    for entry in std::fs::read_dir(dest.join("objects/pack")).unwrap().flatten() {
-        if entry.path().extension().is_some_and(|x| x == "idx") {
-            let report = git(&dest, &["verify-pack", "-v", &entry.path().to_string_lossy()]);
-            for line in report.lines().filter_map(|l| l.strip_prefix("chain length = ")) {
-                longest = longest.max(line.split(':').next().unwrap().parse().unwrap());
-            }
-        }
-    }
+    let longest = max_delta_chain(&dest);
     assert!(longest <= 50, "the longest delta chain is {longest}");
     let stored = snapshots_json(&env, "forge")[0]["pack_bytes"].as_u64().unwrap();
     assert!(stored < 200_000, "still stored as deltas: {stored} bytes");

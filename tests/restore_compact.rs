@@ -141,18 +141,6 @@ fn a_branch_force_pushed_away_does_not_come_back_in_a_later_restore() {
     assert_one_clean_pack(&before);
 }
 
-/// The longest delta chain in a repository's packs, as `git verify-pack` reports it.
-fn max_delta_chain(repo: &Path) -> u64 {
-    let mut longest = 0;
-    for pack in pack_files(repo) {
-        let report = git(repo, &["verify-pack", "-v", &pack.with_extension("idx").to_string_lossy()]);
-        for line in report.lines().filter_map(|l| l.strip_prefix("chain length = ")) {
-            longest = longest.max(line.split(':').next().unwrap().parse().unwrap());
-        }
-    }
-    longest
-}
-
 /// In a format 2 store (chains grow with the nights; format 3 takes a full snapshot before
 /// they get long), a chain deeper than 128 is cut to git's default of 50 when restored.
 #[test]

@@ -500,40 +500,12 @@ fn report_damaged(store: &Store, damaged: &DamagedSnapshot) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        snapshot::{PackRecord, Snapshot, Vcs},
-        store::chunker::ChunkList,
-    };
+    use crate::snapshot::Snapshot;
 
     /// A full snapshot of `repo` made at `hour` naming `chunks` as its one pack.
     fn full_snapshot(repo: &str, hour: u32, chunks: &[&str]) -> Snapshot {
         let created_at = chrono::DateTime::parse_from_rfc3339(&format!("2026-01-01T{hour:02}:00:00Z")).unwrap().into();
-        let list = ChunkList { size: 0, chunks: chunks.iter().map(|c| (*c).to_owned()).collect() };
-        Snapshot {
-            repo: repo.into(),
-            vcs: Vcs::Git,
-            created_at,
-            source_changed_at: created_at,
-            source_fingerprint: None,
-            parent: None,
-            head: None,
-            head_detached: None,
-            refs: Default::default(),
-            symbolic_refs: Default::default(),
-            object_format: "sha1".into(),
-            packs: vec![PackRecord {
-                checksum: "c".into(),
-                objects: 1,
-                pack: list,
-                index: ChunkList { size: 0, chunks: Vec::new() },
-                thin: false,
-            }],
-            new_packs: None,
-            packs_hold_unreachable: None,
-            source_path: "/src".into(),
-            hostname: "h".into(),
-            tool_version: "t".into(),
-        }
+        Snapshot::naming_chunks(repo, created_at, chunks)
     }
 
     #[test]

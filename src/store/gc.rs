@@ -359,10 +359,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        snapshot::{PackRecord, Snapshot, Vcs},
-        store::{chunker::ChunkList, hash_hex},
-    };
+    use crate::{snapshot::Snapshot, store::hash_hex};
 
     fn new_store() -> (tempfile::TempDir, String) {
         let dir = tempfile::tempdir().unwrap();
@@ -378,32 +375,7 @@ mod tests {
     }
 
     fn snapshot_naming(chunks: &[&str]) -> Snapshot {
-        let now = chrono::Utc::now();
-        Snapshot {
-            repo: "r".into(),
-            vcs: Vcs::Git,
-            created_at: now,
-            source_changed_at: now,
-            source_fingerprint: None,
-            parent: None,
-            head: None,
-            head_detached: None,
-            refs: Default::default(),
-            symbolic_refs: Default::default(),
-            object_format: "sha1".into(),
-            packs: vec![PackRecord {
-                checksum: "c".into(),
-                objects: 1,
-                pack: ChunkList { size: 0, chunks: chunks.iter().map(|c| (*c).to_owned()).collect() },
-                index: ChunkList::default(),
-                thin: false,
-            }],
-            new_packs: Some(1),
-            packs_hold_unreachable: Some(false),
-            source_path: "/r".into(),
-            hostname: "h".into(),
-            tool_version: "t".into(),
-        }
+        Snapshot::naming_chunks("r", chrono::Utc::now(), chunks)
     }
 
     fn mark_of(store: &Store) -> ChunkSet {

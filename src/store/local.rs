@@ -34,6 +34,27 @@ impl LocalBackend {
         debug_assert!(!path.starts_with('/') && !path.split('/').any(|c| c == ".."));
         self.root.join(path)
     }
+
+    /// The sorted names in `dir` that are unfinished writes (`unfinished`) or are not; empty
+    /// when `dir` does not exist. Names that are not UTF-8 are never the store's.
+    fn names_in(&self, dir: &str, unfinished: bool) -> io::Result<Vec<String>> {
+        let entries = match fs::read_dir(self.full(dir)) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let name = entry?.file_name();
+            if let Some(name) = name.to_str()
+                && name.starts_with(TEMP_PREFIX) == unfinished
+            {
+                names.push(name.to_owned());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
 }
 
 /// `fsync` a directory so that a rename or create inside it is durable. Some filesystems
@@ -106,21 +127,7 @@ impl Backend for LocalBackend {
     }
 
     fn list(&self, dir: &str) -> io::Result<Vec<String>> {
-        let entries = match fs::read_dir(self.full(dir)) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        let mut names = Vec::new();
-        for entry in entries {
-            let name = entry?.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if !name.starts_with(TEMP_PREFIX) {
-                names.push(name.to_owned());
-            }
-        }
-        names.sort();
-        Ok(names)
+        self.names_in(dir, false)
     }
 
     fn remove(&self, path: &str) -> io::Result<()> {
@@ -181,22 +188,7 @@ impl Backend for LocalBackend {
     }
 
     fn list_unfinished(&self, dir: &str) -> io::Result<Vec<String>> {
-        let entries = match fs::read_dir(self.full(dir)) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        let mut names = Vec::new();
-        for entry in entries {
-            let name = entry?.file_name();
-            if let Some(name) = name.to_str()
-                && name.starts_with(TEMP_PREFIX)
-            {
-                names.push(name.to_owned());
-            }
-        }
-        names.sort();
-        Ok(names)
+        self.names_in(dir, true)
     }
 
     fn remove_dir(&self, dir: &str) -> io::Result<()> {

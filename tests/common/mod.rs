@@ -174,6 +174,20 @@ pub fn git_dir(repo: &Path) -> PathBuf {
 }
 
 /// Asserts `git fsck --full` finds nothing wrong (dangling objects are not errors).
+/// The longest delta chain in `repo`'s packs, as `git verify-pack -v` reports it.
+pub fn max_delta_chain(repo: &Path) -> u64 {
+    let mut longest = 0;
+    for entry in std::fs::read_dir(repo.join("objects/pack")).unwrap().flatten() {
+        if entry.path().extension().is_some_and(|x| x == "idx") {
+            let report = git(repo, &["verify-pack", "-v", &entry.path().to_string_lossy()]);
+            for line in report.lines().filter_map(|l| l.strip_prefix("chain length = ")) {
+                longest = longest.max(line.split(':').next().unwrap().parse().unwrap());
+            }
+        }
+    }
+    longest
+}
+
 pub fn fsck(repo: &Path) {
     let out =
         Command::new("git").args(["fsck", "--full", "--strict", "--no-dangling"]).current_dir(repo).output().unwrap();
