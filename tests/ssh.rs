@@ -264,11 +264,20 @@ fn a_dropped_connection_is_reconnected_on_the_next_request() {
     assert_eq!(snapshots[0].id, id);
     assert_eq!(sshd.serve_processes().len(), 1, "a new connection");
 
-    // A write is not resent blindly: it fails as a dropped connection (which `run`
-    // retries), and the next request connects again.
+    // A write the connection dropped under is not resent blindly: it fails as a dropped
+    // connection (which `run` retries), and the next request connects again. The serve is
+    // stopped first, so that the write is surely sent and waiting when the serve dies.
     // (Registering a session begins with creating sessions/, a write.)
-    assert_eq!(sshd.kill_serve_processes(), 1);
-    let err = store.ensure_session().unwrap_err();
+    let serves = sshd.serve_processes();
+    assert_eq!(serves.len(), 1);
+    signal(serves[0], "STOP");
+    let err = std::thread::scope(|scope| {
+        let session = scope.spawn(|| store.ensure_session());
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(!session.is_finished(), "the write was answered by a stopped serve");
+        signal(serves[0], "KILL");
+        session.join().unwrap().unwrap_err()
+    });
     let io = err.chain().find_map(|c| c.downcast_ref::<std::io::Error>()).expect("an io error");
     assert_eq!(io.kind(), std::io::ErrorKind::ConnectionAborted, "{err:#}");
     assert!(format!("{err:#}").contains("connection to backup-host was lost"), "{err:#}");
@@ -369,4 +378,61 @@ fn concurrent_requests_share_a_few_connections() {
     assert!(most <= repovault::store::ssh::MAX_CONNECTIONS, "{most} connections");
     drop(store);
     assert!(exit_within(&sshd.serve_processes(), Duration::from_secs(10)), "serves outlived the store");
+}
+
+#[test]
+fn requests_from_many_threads_are_pipelined_on_one_connection() {
+    let mut env = Env::new();
+    let sshd = Sshd::start(&env.path("sshd"));
+    env.use_ssh(&sshd);
+    env.init_store();
+    let store = Store::open_with(&env.store_address(), &Access { ssh_command: Some(sshd.rsh()), remote_command: None })
+        .unwrap();
+    let serves = sshd.serve_processes();
+    assert_eq!(serves.len(), 1, "opening the store made one connection");
+    let id = hash_hex(b"not stored");
+    let mut one_request = Vec::new();
+    protocol::write_frame(&mut one_request, &Request::Exists { path: format!("objects/{}/{id}", &id[..2]) }, &[])
+        .unwrap();
+    // Every further connection fails, so that all requests have the one connection: the
+    // pool would otherwise open more for them in the background.
+    sshd.install_remote_command("repovault", "#!/bin/sh\nexit 1\n");
+    // With its serve stopped, nothing is answered: requests sent without waiting for the
+    // ones before them pile up unread in the serve's stdin.
+    signal(serves[0], "STOP");
+    std::thread::scope(|scope| {
+        let askers: Vec<_> = (0..8).map(|_| scope.spawn(|| store.has_object(&id))).collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut unread = 0;
+        while unread < 3 * one_request.len() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+            unread = unread_input(serves[0]);
+        }
+        signal(serves[0], "CONT");
+        assert!(
+            unread >= 3 * one_request.len(),
+            "{unread} bytes of requests waited for the one connection's serve: fewer than 3 requests ({} bytes each) were sent ahead",
+            one_request.len()
+        );
+        for asker in askers {
+            assert!(!asker.join().unwrap().unwrap(), "the object is not stored");
+        }
+    });
+}
+
+/// Bytes written to the stdin pipe of process `pid` and not read yet.
+fn unread_input(pid: u32) -> usize {
+    use std::os::fd::AsRawFd;
+    let pipe = std::fs::File::open(format!("/proc/{pid}/fd/0")).unwrap();
+    let mut unread: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through the pointer, which points at one.
+    let status = unsafe { libc::ioctl(pipe.as_raw_fd(), libc::FIONREAD, &mut unread) };
+    assert_eq!(status, 0, "FIONREAD on the stdin of {pid}: {}", std::io::Error::last_os_error());
+    unread as usize
+}
+
+/// Sends `signal` (a name kill(1) knows) to `pid`.
+fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().unwrap();
+    assert!(status.success(), "kill -{signal} {pid}");
 }

@@ -3,19 +3,23 @@
 //! for git and rsync) running `repovault serve --stdio` there. See [`super::protocol`].
 //!
 //! Each connection carries one request at a time; threads that ask at the same time (the
-//! backups of `run --jobs N`, heartbeats) get a connection each, up to [`MAX_CONNECTIONS`],
-//! kept open for the next requests: one ssh channel is limited to about its window per
-//! round trip, and every request waits for the storage host's fsync, so parallel jobs need
-//! parallel channels; the cap stays under sshd's default `MaxStartups` (10). A
-//! connection that dies is dropped and the request fails with `ConnectionAborted` (which
-//! `run` retries); the next request connects again. Requests that change nothing are sent
-//! once more on a new connection before failing, since nothing is lost by asking twice.
+//! backups of `run --jobs N`, parallel chunk writes, heartbeats) share a pool of up to
+//! [`MAX_CONNECTIONS`], kept open for the next requests: one ssh channel is limited to about
+//! its window per round trip, and every request waits for the storage host's fsync, so
+//! parallel jobs need parallel channels; the cap stays under sshd's default `MaxStartups`
+//! (10). Opening a connection costs a handshake and a remote process start (0.2-0.3 s on
+//! loopback, more over a WAN), far more than most requests, so only the first one is waited
+//! for: when every open connection is busy, another is opened in the background and the
+//! request takes whichever connection is free first. A connection that dies is dropped and
+//! the request fails with `ConnectionAborted` (which `run` retries); the next request
+//! connects again. Requests that change nothing are sent once more on a new connection
+//! before failing, since nothing is lost by asking twice.
 
 use std::{
     collections::VecDeque,
     io::{self, BufRead, BufReader, BufWriter, Write},
     process::{Child, ChildStdin, ChildStdout, Command, Stdio},
-    sync::{Arc, Condvar, Mutex, MutexGuard},
+    sync::{Arc, Condvar, Mutex, MutexGuard, mpsc},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -83,11 +87,16 @@ fn shell_quote(s: &str) -> String {
 pub struct SshBackend {
     location: String,
     target: SshTarget,
+    /// Shared with the threads that open connections in the background.
+    shared: Arc<Shared>,
+}
+
+struct Shared {
     /// The whole command line: the ssh command, its options, the host and the remote command.
     argv: Vec<String>,
     pool: Mutex<Pool>,
-    /// Signalled when a connection is given back or closed.
-    freed: Condvar,
+    /// Signalled when a connection is opened or fails to open.
+    changed: Condvar,
 }
 
 /// Connections to the storage host at most, whatever the number of threads asking.
@@ -95,10 +104,12 @@ pub const MAX_CONNECTIONS: usize = 4;
 
 #[derive(Default)]
 struct Pool {
-    /// Open connections no request is using.
-    idle: Vec<Connection>,
-    /// Open connections, idle or in use (or being opened).
-    open: usize,
+    /// Open connections (a dead one stays until a request notices).
+    live: Vec<Arc<Connection>>,
+    /// Connections being opened.
+    opening: usize,
+    /// The backend was dropped: a connection opened in the background is closed at once.
+    closed: bool,
 }
 
 impl SshBackend {
@@ -131,9 +142,7 @@ impl SshBackend {
         Ok(SshBackend {
             location: url.to_owned(),
             target,
-            argv,
-            pool: Mutex::new(Pool::default()),
-            freed: Condvar::new(),
+            shared: Arc::new(Shared { argv, pool: Mutex::new(Pool::default()), changed: Condvar::new() }),
         })
     }
 
@@ -147,19 +156,24 @@ impl SshBackend {
         let mut tries = 0;
         loop {
             tries += 1;
-            // A retry never takes an idle connection: whatever killed one likely killed all.
-            let mut connection = self.take(tries > 1)?;
+            // A retry never takes an open connection: whatever killed one likely killed all.
+            let connection = Shared::take(&self.shared, tries > 1)?;
+            let started = Instant::now();
             match connection.exchange(&request, payload) {
                 Ok(answer) => {
-                    self.pool().idle.push(connection);
-                    self.freed.notify_one();
+                    tracing::trace!(
+                        ?request,
+                        bytes = payload.len(),
+                        seconds = started.elapsed().as_secs_f64(),
+                        "answered"
+                    );
                     return match answer {
                         (Response::Error(error), _) => Err(error.into_io()),
                         answer => Ok(answer),
                     };
                 }
                 Err(e) => {
-                    let lost = self.close(connection);
+                    let lost = self.shared.discard(&connection);
                     if tries == 1 && request.is_read_only() {
                         continue;
                     }
@@ -172,46 +186,108 @@ impl SshBackend {
         }
     }
 
+    fn expect_done(&self, answer: io::Result<(Response, Vec<u8>)>) -> io::Result<()> {
+        match answer? {
+            (Response::Done, _) => Ok(()),
+            (other, _) => Err(unexpected(other)),
+        }
+    }
+
+    fn expect_bool(&self, answer: io::Result<(Response, Vec<u8>)>) -> io::Result<bool> {
+        match answer? {
+            (Response::Bool { value }, _) => Ok(value),
+            (other, _) => Err(unexpected(other)),
+        }
+    }
+
+    fn expect_names(&self, answer: io::Result<(Response, Vec<u8>)>) -> io::Result<Vec<String>> {
+        match answer? {
+            (Response::Names { names }, _) => Ok(names),
+            (other, _) => Err(unexpected(other)),
+        }
+    }
+}
+
+impl Shared {
     fn pool(&self) -> MutexGuard<'_, Pool> {
         self.pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// A connection for one request: an idle one (unless `fresh`), else a new one, else the
-    /// first one given back.
-    fn take(&self, fresh: bool) -> io::Result<Connection> {
-        let mut pool = self.pool();
+    /// The connection for one request. Without `fresh`: the open one with the fewest
+    /// requests in flight (requests are pipelined, so a busy one serves too), and when all
+    /// are busy another is opened in the background for the next requests; when none is
+    /// open, the first is opened. With `fresh`: a new one, whatever is open.
+    fn take(shared: &Arc<Shared>, fresh: bool) -> io::Result<Arc<Connection>> {
+        let mut pool = shared.pool();
         loop {
-            if !fresh && let Some(connection) = pool.idle.pop() {
-                return Ok(connection);
-            }
-            if pool.open < MAX_CONNECTIONS {
-                pool.open += 1;
+            let dead: Vec<_> = pool.live.iter().filter(|c| c.is_dead()).cloned().collect();
+            if !dead.is_empty() {
+                pool.live.retain(|c| !c.is_dead());
                 drop(pool);
-                return self.connect().inspect_err(|_| {
-                    self.pool().open -= 1;
-                    self.freed.notify_one();
-                });
-            }
-            if fresh && let Some(old) = pool.idle.pop() {
-                // Room for the new one.
-                drop(pool);
-                self.close(old);
-                pool = self.pool();
+                for connection in dead {
+                    connection.close();
+                }
+                pool = shared.pool();
                 continue;
             }
-            pool = self.freed.wait(pool).unwrap_or_else(|poisoned| poisoned.into_inner());
+            if !fresh && let Some(least_busy) = pool.live.iter().min_by_key(|c| c.in_flight()).cloned() {
+                if least_busy.in_flight() > 0 {
+                    Shared::open_another(shared, &mut pool);
+                }
+                return Ok(least_busy);
+            }
+            if !fresh && pool.opening > 0 {
+                // The first connection is on its way: wait for it rather than open another.
+                pool = shared.changed.wait(pool).unwrap_or_else(|poisoned| poisoned.into_inner());
+                continue;
+            }
+            pool.opening += 1;
+            drop(pool);
+            let opened = shared.connect();
+            let mut pool = shared.pool();
+            pool.opening -= 1;
+            shared.changed.notify_all();
+            let connection = Arc::new(opened?);
+            pool.live.push(Arc::clone(&connection));
+            return Ok(connection);
         }
     }
 
-    fn close(&self, connection: Connection) -> Lost {
-        let lost = connection.close();
-        self.pool().open -= 1;
-        self.freed.notify_one();
-        lost
+    /// Starts opening one more connection in the background, unless the pool is full.
+    fn open_another(shared: &Arc<Shared>, pool: &mut Pool) {
+        if pool.live.len() + pool.opening < MAX_CONNECTIONS && !pool.closed {
+            pool.opening += 1;
+            let background = Arc::clone(shared);
+            std::thread::spawn(move || background.open_in_background());
+        }
+    }
+
+    /// Opens one more connection for the pool. A failure only leaves the pool as it was:
+    /// the requests are served by the connections already open.
+    fn open_in_background(&self) {
+        let opened = self.connect();
+        let mut pool = self.pool();
+        pool.opening -= 1;
+        self.changed.notify_all();
+        match opened {
+            Ok(connection) if !pool.closed => pool.live.push(Arc::new(connection)),
+            Ok(connection) => {
+                drop(pool);
+                connection.close();
+            }
+            Err(e) => tracing::debug!("opening another connection failed: {e}"),
+        }
+    }
+
+    /// Takes a connection that failed out of the pool and ends it; what is known of why.
+    fn discard(&self, connection: &Arc<Connection>) -> Lost {
+        self.pool().live.retain(|c| !Arc::ptr_eq(c, connection));
+        connection.close()
     }
 
     /// Runs ssh and exchanges hellos.
     fn connect(&self) -> io::Result<Connection> {
+        let started = Instant::now();
         let mut child = Command::new(&self.argv[0])
             .args(&self.argv[1..])
             .stdin(Stdio::piped())
@@ -236,21 +312,27 @@ impl SshBackend {
                 tail.push_back(line);
             }
         });
-        let mut connection = Connection {
-            stdin: Some(BufWriter::new(child.stdin.take().expect("piped"))),
-            stdout: BufReader::new(child.stdout.take().expect("piped")),
-            child,
-            stderr,
-        };
+        let mut stdin = BufWriter::new(child.stdin.take().expect("piped"));
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
         let hello = Request::Hello {
             magic: MAGIC.into(),
             protocol: PROTOCOL_VERSION,
             version: env!("CARGO_PKG_VERSION").into(),
         };
+        let answer = protocol::write_frame(&mut stdin, &hello, &[])
+            .and_then(|()| stdin.flush())
+            .and_then(|()| protocol::read_frame::<Response>(&mut stdout))
+            .and_then(|frame| {
+                frame.ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::UnexpectedEof, "the remote side closed the connection")
+                })
+            });
+        let connection = Connection::start(child, stdin, stdout, stderr);
         let command = self.argv.join(" ");
-        match connection.exchange(&hello, &[]) {
+        match answer {
             Ok((Response::Hello { magic, protocol, version }, _)) if magic == MAGIC => {
                 if protocol == PROTOCOL_VERSION {
+                    tracing::debug!(seconds = started.elapsed().as_secs_f64(), "connected");
                     return Ok(connection);
                 }
                 drop(connection.close());
@@ -281,27 +363,6 @@ impl SshBackend {
             }
         }
     }
-
-    fn expect_done(&self, answer: io::Result<(Response, Vec<u8>)>) -> io::Result<()> {
-        match answer? {
-            (Response::Done, _) => Ok(()),
-            (other, _) => Err(unexpected(other)),
-        }
-    }
-
-    fn expect_bool(&self, answer: io::Result<(Response, Vec<u8>)>) -> io::Result<bool> {
-        match answer? {
-            (Response::Bool { value }, _) => Ok(value),
-            (other, _) => Err(unexpected(other)),
-        }
-    }
-
-    fn expect_names(&self, answer: io::Result<(Response, Vec<u8>)>) -> io::Result<Vec<String>> {
-        match answer? {
-            (Response::Names { names }, _) => Ok(names),
-            (other, _) => Err(unexpected(other)),
-        }
-    }
 }
 
 fn unexpected(answer: Response) -> io::Error {
@@ -313,12 +374,46 @@ fn stderr_note(lost: &Lost) -> String {
     if lost.stderr.is_empty() { String::new() } else { format!("; ssh said: {}", lost.stderr.join(" / ")) }
 }
 
+/// One ssh process running `serve`. Requests are pipelined: any number of threads send on
+/// it at once, each waiting only for its own answer, so a stream of writes never waits a
+/// round trip per object. `serve` answers in order, so answers are matched to requests
+/// first in, first out by the thread that reads them.
 struct Connection {
-    child: Child,
-    /// `None` once closed: closing stdin is what tells `serve` to exit.
-    stdin: Option<BufWriter<ChildStdin>>,
-    stdout: BufReader<ChildStdout>,
+    /// The stdin (`None` once closed: closing it is what tells `serve` to exit). Held while
+    /// a frame is written and its answer slot queued, so that both orders agree.
+    stdin: Mutex<Option<BufWriter<ChildStdin>>>,
+    answers: Arc<Answers>,
+    child: Mutex<Option<Child>>,
     stderr: Arc<Mutex<VecDeque<String>>>,
+}
+
+type Answer = io::Result<(Response, Vec<u8>)>;
+
+/// Where the reading thread delivers answers.
+#[derive(Default)]
+struct Answers {
+    state: Mutex<AnswerState>,
+}
+
+#[derive(Default)]
+struct AnswerState {
+    /// One slot per request sent and not yet answered, in sending order.
+    slots: VecDeque<mpsc::Sender<Answer>>,
+    /// Why the connection is dead, once it is: every later request fails with it.
+    failed: Option<(io::ErrorKind, String)>,
+}
+
+impl AnswerState {
+    /// Marks the connection dead and fails every request still waiting.
+    fn fail(&mut self, kind: io::ErrorKind, why: String) {
+        if self.failed.is_none() {
+            self.failed = Some((kind, why));
+        }
+        let (kind, why) = self.failed.clone().expect("set above");
+        for slot in self.slots.drain(..) {
+            let _ = slot.send(Err(io::Error::new(kind, why.clone())));
+        }
+    }
 }
 
 /// What is known of a connection after it ended.
@@ -328,29 +423,97 @@ struct Lost {
 }
 
 impl Connection {
-    fn exchange(&mut self, request: &Request, payload: &[u8]) -> io::Result<(Response, Vec<u8>)> {
-        let stdin = self.stdin.as_mut().ok_or_else(|| io::Error::from(io::ErrorKind::BrokenPipe))?;
-        protocol::write_frame(stdin, request, payload)?;
-        stdin.flush()?;
-        protocol::read_frame(&mut self.stdout)?
-            .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "the remote side closed the connection"))
+    /// Starts the thread that reads answers from `stdout`.
+    fn start(
+        child: Child,
+        stdin: BufWriter<ChildStdin>,
+        mut stdout: BufReader<ChildStdout>,
+        stderr: Arc<Mutex<VecDeque<String>>>,
+    ) -> Connection {
+        let answers = Arc::new(Answers::default());
+        let reader = Arc::clone(&answers);
+        std::thread::spawn(move || {
+            loop {
+                let frame = protocol::read_frame::<Response>(&mut stdout);
+                let mut state = reader.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                match frame {
+                    Ok(Some(answer)) => match state.slots.pop_front() {
+                        Some(slot) => {
+                            let _ = slot.send(Ok(answer));
+                        }
+                        None => {
+                            state.fail(io::ErrorKind::InvalidData, "an answer to no request".into());
+                            return;
+                        }
+                    },
+                    Ok(None) => {
+                        state.fail(io::ErrorKind::UnexpectedEof, "the remote side closed the connection".into());
+                        return;
+                    }
+                    Err(e) => {
+                        state.fail(e.kind(), e.to_string());
+                        return;
+                    }
+                }
+            }
+        });
+        Connection { stdin: Mutex::new(Some(stdin)), answers, child: Mutex::new(Some(child)), stderr }
+    }
+
+    fn state(&self) -> MutexGuard<'_, AnswerState> {
+        self.answers.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn is_dead(&self) -> bool {
+        self.state().failed.is_some()
+    }
+
+    /// Requests sent and not answered yet.
+    fn in_flight(&self) -> usize {
+        self.state().slots.len()
+    }
+
+    fn exchange(&self, request: &Request, payload: &[u8]) -> Answer {
+        let answer = {
+            let mut stdin = self.stdin.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let (slot, answer) = mpsc::channel();
+            {
+                let mut state = self.state();
+                if let Some((kind, why)) = &state.failed {
+                    return Err(io::Error::new(*kind, why.clone()));
+                }
+                state.slots.push_back(slot);
+            }
+            let sent = match stdin.as_mut() {
+                Some(stdin) => protocol::write_frame(stdin, request, payload).and_then(|()| stdin.flush()),
+                None => Err(io::Error::from(io::ErrorKind::BrokenPipe)),
+            };
+            if let Err(e) = sent {
+                self.state().fail(e.kind(), e.to_string());
+            }
+            answer
+        };
+        answer.recv().unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the connection ended")))
     }
 
     /// Ends the connection: stdin closed (a `serve` still there exits), ssh given a moment to
-    /// exit, then killed.
-    fn close(mut self) -> Lost {
-        self.stdin = None;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let status = loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => break Some(status),
-                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
-                _ => {
-                    let _ = self.child.kill();
-                    break self.child.wait().ok();
+    /// exit, then killed. A second call finds it ended and only reports what ssh said.
+    fn close(&self) -> Lost {
+        self.stdin.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        let child = self.child.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+        let status = child.and_then(|mut child| {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                match child.try_wait() {
+                    Ok(Some(status)) => break Some(status),
+                    Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                    _ => {
+                        let _ = child.kill();
+                        break child.wait().ok();
+                    }
                 }
             }
-        };
+        });
         // The stderr reader stops when ssh's stderr closes: a little time to catch up.
         std::thread::sleep(Duration::from_millis(20));
         let stderr = self.stderr.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).iter().cloned().collect();
@@ -360,11 +523,14 @@ impl Connection {
 
 impl Drop for SshBackend {
     fn drop(&mut self) {
-        let pool = self.pool.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut connections = std::mem::take(&mut pool.idle);
+        let connections = {
+            let mut pool = self.shared.pool();
+            pool.closed = true;
+            std::mem::take(&mut pool.live)
+        };
         // Every stdin closed first: the serves then all exit at once, not one after another.
-        for connection in &mut connections {
-            connection.stdin = None;
+        for connection in &connections {
+            connection.stdin.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
         }
         for connection in connections {
             connection.close();
