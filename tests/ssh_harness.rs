@@ -151,3 +151,32 @@ fn dropping_the_server_ends_its_connections() {
         assert!(!alive(pid), "serve {pid} outlived the server");
     }
 }
+
+#[test]
+fn a_tmpfs_server_gives_the_remote_a_small_disk_only_it_sees() {
+    let env = Env::new();
+    let disk = env.path("disk");
+    let sshd = Sshd::start_with_tmpfs(&env.path("sshd"), &disk, "2m");
+    let mount_point = sshd.tmpfs_mount_point().unwrap().to_owned();
+    assert_eq!(mount_point, disk.canonicalize().unwrap());
+    let mp = mount_point.display();
+    // `stat -f`: the file system's type and size as the remote sees them.
+    let seen = sshd.run_ok(&format!("stat -f -c '%T %S %b' {mp}"));
+    let fields: Vec<&str> = seen.split_whitespace().collect();
+    assert_eq!(fields[0], "tmpfs", "{seen}");
+    let bytes: u64 = fields[1].parse::<u64>().unwrap() * fields[2].parse::<u64>().unwrap();
+    assert_eq!(bytes, 2 << 20, "{seen}");
+
+    sshd.run_ok(&format!("echo remote > {mp}/file"));
+    assert_eq!(sshd.run_ok(&format!("cat {mp}/file")), "remote\n");
+    assert!(!disk.join("file").exists(), "the remote's disk is visible outside its namespace");
+    let full = sshd.run(&format!("head -c 3000000 /dev/zero > {mp}/filler"));
+    assert!(!full.status.success());
+    assert!(stderr(&full).contains("No space left on device"), "{}", stderr(&full));
+
+    // The disk ends with the server's namespace; a restart mounts a new, empty one.
+    let mut sshd = sshd;
+    sshd.stop();
+    sshd.start_again();
+    assert_eq!(sshd.run_ok(&format!("ls -A {mp}")), "");
+}

@@ -165,12 +165,26 @@ impl WireError {
     /// The error again. Both hosts are Linux (the store code's errno checks assume it), so
     /// an errno means the same on both sides, and `from_raw_os_error` gives back the same
     /// kind and message as well.
+    ///
+    /// Except a full disk (ENOSPC, EDQUOT): the operator must make room on the storage host,
+    /// and "No space left on device" alone reads as this host's disk (where a restore or
+    /// `verify --deep` writes). Its message says whose; its kind stays, its raw errno does
+    /// not come back: no store code decides on those two, and `verify` takes a raw ENOSPC for
+    /// its own scratch directory filling up, which a remote one is not.
     pub fn into_io(self) -> io::Error {
         match self.errno {
+            Some(errno) if is_disk_full(errno) => {
+                let local = io::Error::from_raw_os_error(errno);
+                io::Error::new(local.kind(), format!("{local} on the storage host"))
+            }
             Some(errno) => io::Error::from_raw_os_error(errno),
             None => io::Error::new(kind_from_name(&self.kind), self.message),
         }
     }
+}
+
+fn is_disk_full(errno: i32) -> bool {
+    errno == libc::ENOSPC || errno == libc::EDQUOT
 }
 
 fn kind_from_name(name: &str) -> io::ErrorKind {
@@ -315,7 +329,7 @@ mod tests {
     }
 
     #[test]
-    fn errors_keep_kind_and_errno_across_the_wire() {
+    fn errors_keep_kind_and_errno_across_the_wire_and_a_full_disk_says_whose() {
         for errno in [libc::ENOENT, libc::EROFS, libc::EACCES, libc::EPERM, libc::ESTALE, libc::EIO] {
             let original = io::Error::from_raw_os_error(errno);
             let wire: WireError =
@@ -323,6 +337,12 @@ mod tests {
             let back = wire.into_io();
             assert_eq!(back.kind(), original.kind());
             assert_eq!(back.raw_os_error(), Some(errno));
+        }
+        for errno in [libc::ENOSPC, libc::EDQUOT] {
+            let original = io::Error::from_raw_os_error(errno);
+            let back = WireError::from(&original).into_io();
+            assert_eq!(back.kind(), original.kind());
+            assert_eq!(back.to_string(), format!("{original} on the storage host"));
         }
         let plain = io::Error::new(io::ErrorKind::InvalidData, "payload does not hash to its name");
         let back = WireError::from(&plain).into_io();

@@ -26,7 +26,13 @@ impl Env {
     /// (init_store, backup, restore_matches...) then works over SSH, while the tests' own
     /// checks still read the store's files at `path("store")` (the same machine).
     pub fn use_ssh(&mut self, sshd: &sshd::Sshd) {
-        self.ssh = Some((sshd.url(&self.path("store")), sshd.rsh()));
+        self.use_ssh_at(sshd, &self.path("store"));
+    }
+
+    /// As `use_ssh`, for a store at `store` on the storage host: one only its commands see,
+    /// such as one on `Sshd::start_with_tmpfs`'s disk (`path("store")` is then not it).
+    pub fn use_ssh_at(&mut self, sshd: &sshd::Sshd, store: &Path) {
+        self.ssh = Some((sshd.url(store), sshd.rsh()));
     }
 
     /// What repovault is given as the store: the local path, or its ssh:// URL after `use_ssh`.

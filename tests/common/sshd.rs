@@ -23,6 +23,13 @@
 //!   descended from this sshd (found in /proc), never by name machine-wide: tests of other
 //!   binaries and other threads run their own servers and `repovault serve`s at the same time.
 //!   Drop kills this sshd and every connection it still has.
+//! - A storage host with a small disk: `Sshd::start_with_tmpfs(dir, mount_point, size)` runs
+//!   sshd under `unshare --mount` in a private mount namespace where a tmpfs of `size` is
+//!   mounted at `mount_point` first, so every `repovault serve` (and every command `Sshd::run`
+//!   sends) writes to that tmpfs, while the test process sees only the empty directory
+//!   under it: the test reaches the disk through ssh alone, as an operator would. The
+//!   namespace ends with sshd's last process; a restart (`start_again`, `change_host_key`)
+//!   mounts a new, empty tmpfs.
 //! - Anything that cannot start panics with the reason and sshd's log: never a skip.
 #![allow(dead_code)]
 
@@ -45,12 +52,43 @@ pub struct Sshd {
     port: u16,
     user: String,
     child: Option<Child>,
+    /// Set by `start_with_tmpfs`: sshd runs in a mount namespace with this disk mounted.
+    tmpfs: Option<Tmpfs>,
 }
+
+/// A tmpfs mounted for sshd's namespace only.
+#[derive(Debug, Clone)]
+struct Tmpfs {
+    mount_point: PathBuf,
+    /// As tmpfs's `size=` option takes it: `16m`.
+    size: String,
+}
+
+/// Run by `sh -c` inside the new mount namespace, with the size, the mount point, then
+/// sshd's command line as arguments. Exits 97 when the mount fails, which `spawn` tells from
+/// sshd failing to bind its port (worth another port) and panics on.
+const MOUNT_THEN_EXEC: &str = r#"mount -t tmpfs -o "size=$1" repovault-test-disk "$2" || { echo "cannot mount a tmpfs of size $1 at $2 in a private mount namespace" >&2; exit 97; }; shift 2; exec "$@""#;
+const MOUNT_FAILED: i32 = 97;
 
 impl Sshd {
     /// Makes keys and configs in `dir` (created if missing) and starts sshd on a free
     /// 127.0.0.1 port; panics with the reason when it cannot.
     pub fn start(dir: &Path) -> Sshd {
+        Self::start_in_namespace(dir, None)
+    }
+
+    /// As `start`, but sshd and all it runs see a tmpfs of `size` (tmpfs's `size=` syntax,
+    /// e.g. `16m`) mounted at `mount_point` (created if missing), in a mount namespace of
+    /// their own: the storage host's disk, which only commands run over ssh can reach.
+    /// Needs root, or unprivileged user namespaces; panics with the reason when the mount
+    /// fails.
+    pub fn start_with_tmpfs(dir: &Path, mount_point: &Path, size: &str) -> Sshd {
+        std::fs::create_dir_all(mount_point).unwrap_or_else(|e| panic!("cannot create {}: {e}", mount_point.display()));
+        let mount_point = mount_point.canonicalize().unwrap();
+        Self::start_in_namespace(dir, Some(Tmpfs { mount_point, size: size.to_owned() }))
+    }
+
+    fn start_in_namespace(dir: &Path, tmpfs: Option<Tmpfs>) -> Sshd {
         assert!(Path::new(SSHD).exists(), "{SSHD} is missing: install openssh-server (scripts/test does)");
         std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
         let dir = dir.canonicalize().unwrap();
@@ -68,7 +106,7 @@ impl Sshd {
         std::fs::create_dir_all(&remote_bin).unwrap();
         symlink(env!("CARGO_BIN_EXE_repovault"), remote_bin.join("repovault")).unwrap();
 
-        let mut sshd = Sshd { dir, port: 0, user: current_user(), child: None };
+        let mut sshd = Sshd { dir, port: 0, user: current_user(), child: None, tmpfs };
         // A port picked now may be taken by the time sshd binds it: try a few.
         let mut last_error = String::new();
         for _ in 0..5 {
@@ -92,7 +130,29 @@ impl Sshd {
         assert!(check.status.success(), "sshd -t rejects {}:\n{}", config.display(), lossy(&check.stderr));
 
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_file()).unwrap();
-        let mut child = Command::new(SSHD)
+        let mut command = match &self.tmpfs {
+            None => Command::new(SSHD),
+            Some(tmpfs) => {
+                let mut command = Command::new("unshare");
+                if !is_root() {
+                    // mount(8) wants uid 0: a user namespace mapping us to root grants it.
+                    command.arg("--map-root-user");
+                }
+                command
+                    .args(["--mount", "--propagation", "private", "sh", "-c", MOUNT_THEN_EXEC, "sh", &tmpfs.size])
+                    .arg(&tmpfs.mount_point);
+                if !is_root() {
+                    // sshd must run as the test's user, as outside (as root it would switch
+                    // to users the namespace cannot map): a nested namespace maps us back.
+                    // SAFETY: getuid and getgid have no preconditions.
+                    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+                    command.args(["unshare", &format!("--map-user={uid}"), &format!("--map-group={gid}")]);
+                }
+                command.arg(SSHD);
+                command
+            }
+        };
+        let mut child = command
             .arg("-D")
             .arg("-e")
             .arg("-f")
@@ -101,7 +161,7 @@ impl Sshd {
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {SSHD}: {e}"));
+            .unwrap_or_else(|e| panic!("cannot run {:?}: {e}", command.get_program()));
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
@@ -109,6 +169,7 @@ impl Sshd {
                 return Ok(());
             }
             if let Some(status) = child.try_wait().unwrap() {
+                assert_ne!(status.code(), Some(MOUNT_FAILED), "no tmpfs for sshd:\n{}", self.log());
                 return Err(format!("sshd on port {} exited ({status}):\n{}", self.port, self.log()));
             }
             if Instant::now() > deadline {
@@ -205,6 +266,18 @@ impl Sshd {
     /// Runs `command` (a remote shell command line) on backup-host.
     pub fn run(&self, command: &str) -> Output {
         self.ssh().arg(HOST).arg(command).output().expect("run ssh")
+    }
+
+    /// Runs `command` on backup-host and asserts it succeeded; returns its stdout.
+    pub fn run_ok(&self, command: &str) -> String {
+        let out = self.run(command);
+        assert!(out.status.success(), "ssh {HOST} {command:?}: {}\n{}", out.status, lossy(&out.stderr));
+        lossy(&out.stdout)
+    }
+
+    /// Where `start_with_tmpfs` mounted the storage host's disk.
+    pub fn tmpfs_mount_point(&self) -> Option<&Path> {
+        self.tmpfs.as_ref().map(|t| t.mount_point.as_path())
     }
 
     pub fn port(&self) -> u16 {
