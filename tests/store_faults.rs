@@ -28,6 +28,10 @@ fn full_disk_fails_cleanly_and_the_next_run_completes() {
         mount -t tmpfs -o size=3m tmpfs "$MOUNT" || { echo "mount=failed"; exit 0; }
         echo "mount=0"
         "$rv" init --store "$store" >/dev/null; echo "init=$?"
+        head -c 8m /dev/zero >"$MOUNT/filler" 2>/dev/null; echo "filled=$?"
+        "$rv" backup --store "$store" --name big "$REPO" >"$LOG.brim" 2>&1; echo "brim=$?"
+        echo "sessions_after_brim=$(find "$store/sessions" -mindepth 1 2>/dev/null | wc -l)"
+        rm "$MOUNT/filler"
         "$rv" backup --store "$store" --name big "$REPO" >"$LOG.first" 2>&1; echo "first=$?"
         echo "snapshots_after_first=$(find "$store/snapshots" -type f | wc -l)"
         echo "temp_files_after_first=$(find "$store" -name '.tmp*' | wc -l)"
@@ -52,6 +56,13 @@ fn full_disk_fails_cleanly_and_the_next_run_completes() {
     let step = |name: &str| script_step(&out, name);
     assert_ne!(step("mount"), "failed", "could not mount a tmpfs in a user namespace: {}", stderr(&out));
     assert_eq!(step("init"), "0");
+
+    // A disk full to the last byte fails the backup as it registers its session: it leaves
+    // no session directory behind (prune would wait an hour on one before revoking it).
+    assert_eq!(step("filled"), "1", "the filler fills the disk");
+    assert_eq!(step("brim"), "1", "a backup into a brim-full store fails with exit 1:\n{}", read_log("brim"));
+    assert!(read_log("brim").contains("No space left on device"), "{}", read_log("brim"));
+    assert_eq!(step("sessions_after_brim"), "0", "no session is left behind:\n{}", read_log("brim"));
 
     assert_eq!(step("first"), "1", "a backup into a full store fails with exit 1:\n{}", read_log("first"));
     let first = read_log("first");

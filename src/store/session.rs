@@ -76,7 +76,11 @@ impl Session {
         (|| -> std::io::Result<()> {
             backend.create_dir(SESSIONS)?;
             backend.create_dir(&dir)?;
-            backend.write_new(&alive, &serde_json::to_vec(&about)?)?;
+            backend.write_new(&alive, &serde_json::to_vec(&about)?).inspect_err(|_| {
+                // A session directory without `alive` would look like a session to prune for
+                // an hour (until revoked as stale), holding back every trash batch meanwhile.
+                let _ = backend.remove_dir(&dir);
+            })?;
             Ok(())
         })()
         .with_context(|| format!("store {}: registering this process's session ({dir})", store.location()))?;
