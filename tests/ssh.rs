@@ -177,6 +177,34 @@ fn error_message(answer: Response) -> String {
 }
 
 #[test]
+fn serve_answers_pipelined_requests_in_the_order_they_came() {
+    let env = Env::new();
+    env.init_store();
+    let mut serve = Serve::start(&env.path("store"));
+    serve.hello(PROTOCOL_VERSION);
+    // Slow requests (objects of 4 MiB, each written, hashed and fsynced) sent together with
+    // quick ones (reads of the config): serve carries out several at once, so the quick
+    // ones finish first, and must still be answered in the order they were sent.
+    let objects: Vec<Vec<u8>> = (0..6u8).map(|i| vec![i; 4 << 20]).collect();
+    let stdin = serve.stdin.as_mut().unwrap();
+    let mut expected = Vec::new();
+    for data in &objects {
+        let id = hash_hex(data);
+        let raw = [&[0u8][..], data].concat();
+        protocol::write_frame(stdin, &Request::WriteNew { path: format!("objects/{}/{id}", &id[..2]) }, &raw).unwrap();
+        expected.push(Response::Bool { value: true });
+        protocol::write_frame(stdin, &Request::Read { path: "config".into() }, &[]).unwrap();
+        expected.push(Response::Data);
+    }
+    stdin.flush().unwrap();
+    let answers: Vec<Response> =
+        (0..expected.len()).map(|_| protocol::read_frame(&mut serve.stdout).unwrap().expect("an answer").0).collect();
+    assert_eq!(answers, expected);
+    assert_eq!(object_names(&env.path("store")).len(), objects.len());
+    assert!(serve.finish().status.success());
+}
+
+#[test]
 fn serve_refuses_paths_outside_the_store() {
     let env = Env::new();
     env.init_store();

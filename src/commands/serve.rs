@@ -11,6 +11,7 @@
 use std::{
     io::{self, BufReader, BufWriter, Write},
     path::PathBuf,
+    sync::{Mutex, mpsc},
 };
 
 use anyhow::{Context as _, Result};
@@ -47,7 +48,7 @@ pub fn run(_ctx: &Context, args: &ServeArgs) -> Result<Outcome> {
     // stdout is the protocol stream, not output for people: it bypasses the output module,
     // and nothing else may write to it while serving.
     let mut input = BufReader::with_capacity(1 << 20, io::stdin().lock());
-    let mut out = BufWriter::with_capacity(1 << 20, io::stdout().lock());
+    let mut out = BufWriter::with_capacity(1 << 20, io::stdout());
 
     let Some((hello, _)) = protocol::read_frame::<Request>(&mut input)
         .with_context(|| format!("serve {shown}: reading the client's hello"))?
@@ -67,19 +68,68 @@ pub fn run(_ctx: &Context, args: &ServeArgs) -> Result<Outcome> {
             env!("CARGO_PKG_VERSION")
         )));
     }
+    serve_requests(&backend, &mut input, out).with_context(|| format!("serve {shown}"))?;
+    Ok(Outcome::Done)
+}
 
-    loop {
-        let frame = protocol::read_frame::<Request>(&mut input)
-            .with_context(|| format!("serve {shown}: reading a request (the client went away?)"))?;
-        let Some((request, payload)) = frame else {
-            // The client closed the connection (or vanished): nothing of ours is left open.
-            return Ok(Outcome::Done);
-        };
-        let (answer, data) = respond(&backend, request, &payload);
-        protocol::write_frame(&mut out, &answer, &data)
-            .and_then(|()| out.flush())
-            .with_context(|| format!("serve {shown}: answering (the client went away?)"))?;
-    }
+/// Requests carried out at once. Requests in flight together were sent by client threads
+/// none of which waits for another's answer, so they may run together, as a local store's
+/// parallel puts do (each mostly waits for its fsync).
+const WORKERS: usize = 4;
+/// Answers waiting to be sent, in order, behind a slower one: bounds the memory of read
+/// answers (a chunk each) held back.
+const ANSWERS_QUEUED: usize = 8;
+
+type Answer = (Response, Vec<u8>);
+
+/// Answers requests until the client closes the connection. They are carried out a few at a
+/// time and answered in the order they came, which is how the client matches answers to
+/// requests.
+fn serve_requests(backend: &LocalBackend, input: &mut impl io::BufRead, out: BufWriter<io::Stdout>) -> Result<()> {
+    let (jobs, jobs_to_take) = mpsc::sync_channel::<(Request, Vec<u8>, mpsc::SyncSender<Answer>)>(0);
+    let jobs_to_take = Mutex::new(jobs_to_take);
+    std::thread::scope(|scope| {
+        for _ in 0..WORKERS {
+            let jobs_to_take = &jobs_to_take;
+            scope.spawn(move || {
+                loop {
+                    let job = jobs_to_take.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).recv();
+                    let Ok((request, payload, answer)) = job else { return };
+                    let _ = answer.send(respond(backend, request, &payload));
+                }
+            });
+        }
+        let (in_order, answers) = mpsc::sync_channel::<mpsc::Receiver<Answer>>(ANSWERS_QUEUED);
+        let answering = scope.spawn(move || -> io::Result<()> {
+            let mut out = out;
+            while let Ok(pending) = answers.recv() {
+                let Ok((answer, data)) = pending.recv() else { break };
+                protocol::write_frame(&mut out, &answer, &data)?;
+                out.flush()?;
+            }
+            Ok(())
+        });
+        let reading = (|| -> Result<()> {
+            loop {
+                let frame =
+                    protocol::read_frame::<Request>(input).context("reading a request (the client went away?)")?;
+                let Some((request, payload)) = frame else {
+                    // The client closed the connection (or vanished): nothing of ours is left open.
+                    return Ok(());
+                };
+                let (answer, pending) = mpsc::sync_channel(1);
+                if in_order.send(pending).is_err() || jobs.send((request, payload, answer)).is_err() {
+                    // The answering thread stopped: its error says why.
+                    return Ok(());
+                }
+            }
+        })();
+        drop(jobs);
+        drop(in_order);
+        let answered = answering.join().map_err(|_| anyhow::anyhow!("the answering thread panicked"))?;
+        reading?;
+        answered.context("answering (the client went away?)")
+    })
 }
 
 fn refuse(kind: io::ErrorKind, message: String) -> (Response, Vec<u8>) {

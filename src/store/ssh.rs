@@ -102,6 +102,11 @@ struct Shared {
 /// Connections to the storage host at most, whatever the number of threads asking.
 pub const MAX_CONNECTIONS: usize = 4;
 
+/// Requests in flight that make a connection busy enough to open another: `serve` carries
+/// out this many at once (src/commands/serve.rs), more only queue there. Below it, another
+/// connection would only cost a handshake's CPU, which on a small host slows the transfer.
+const BUSY: usize = 4;
+
 #[derive(Default)]
 struct Pool {
     /// Open connections (a dead one stays until a request notices).
@@ -215,7 +220,7 @@ impl Shared {
 
     /// The connection for one request. Without `fresh`: the open one with the fewest
     /// requests in flight (requests are pipelined, so a busy one serves too), and when all
-    /// are busy another is opened in the background for the next requests; when none is
+    /// are [`BUSY`] another is opened in the background for the next requests; when none is
     /// open, the first is opened. With `fresh`: a new one, whatever is open.
     fn take(shared: &Arc<Shared>, fresh: bool) -> io::Result<Arc<Connection>> {
         let mut pool = shared.pool();
@@ -231,7 +236,7 @@ impl Shared {
                 continue;
             }
             if !fresh && let Some(least_busy) = pool.live.iter().min_by_key(|c| c.in_flight()).cloned() {
-                if least_busy.in_flight() > 0 {
+                if least_busy.in_flight() >= BUSY {
                     Shared::open_another(shared, &mut pool);
                 }
                 return Ok(least_busy);
