@@ -14,17 +14,15 @@
 //! the repository moved on purpose ([`Chaining::AllowMoved`]: `backup --name`), a latest
 //! snapshot recorded for another source path gets a full snapshot after it, with a warning.
 
-use std::{collections::BTreeSet, path::Path};
+use std::path::Path;
 
-use anyhow::{Context, Result, anyhow, bail};
-use chrono::Utc;
+use anyhow::{Context, Result, anyhow};
 
 use crate::{
     error::usage,
     snapshot::{Snapshot, Vcs},
     store::{ChainState, DamagedSnapshot, Store, StoredSnapshot, is_manifest_damage},
     throttle::RateLimiter,
-    vcs::git::{self, backup::Previous},
 };
 
 /// What one backup did.
@@ -49,13 +47,11 @@ pub enum Chaining {
     AllowMoved,
 }
 
-/// How often a backup is retried when the source's packs changed underneath it (a `git gc`
-/// or repack running at the same time).
-const ATTEMPTS: usize = 3;
-
-/// Backs up the git repository at `path` as `name`, incrementally against its latest
-/// snapshot. The snapshot is written only after everything it needs is stored.
-pub fn backup_git(
+/// Backs up the repository at `path` as `name`, incrementally against its latest snapshot
+/// when that one may be built on: the steps every version control system shares (the name,
+/// the writer session, which snapshot to build on), then its own ([`crate::vcs::System`]).
+/// The snapshot is written only after everything it needs is stored.
+pub fn back_up(
     store: &Store,
     name: &str,
     path: &Path,
@@ -63,83 +59,29 @@ pub fn backup_git(
     chaining: Chaining,
 ) -> Result<BackupReport> {
     crate::name::validate(name)?;
+    let vcs = crate::vcs::detect(path).unwrap_or(Vcs::Git);
     // Before anything in the store is looked at: a prune must know this backup may name
     // what it sees (docs/FORMAT.md, "Prune").
     store.ensure_session()?;
     let source_path = canonical_source_path(path);
-    let mut base = incremental_base(store, name)?.filter(|chain| may_chain(name, chain, &source_path, chaining));
-    if store.snapshots_are_complete()
-        && let Some(chain) = &base
-        && !worth_inheriting(store, name, chain)?
-    {
-        base = None;
-    }
-    let parent = base.as_ref().and_then(|chain| chain.last());
-    let previous = parent.map(|p| previous_of(&p.snapshot)).transpose()?;
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let repo = git::source::open(path)?;
-        let git_dir = repo.git_dir().to_owned();
-        let packs_before = pack_files(&git_dir);
-        // Refs first, objects after: objects a ref points at are written before the ref,
-        // so a concurrent push can only add objects we do not need.
-        // The snapshot is the source as of this moment, and is stamped with it rather than
-        // with when it is committed: of two overlapping backups of one repository, the one
-        // that read the newer refs must be the latest (what `restore` and `prune` go by),
-        // whichever finishes last.
-        let taken_at = Utc::now();
-        let refs_stat = git::source::refs_stat(&git_dir);
-        let refs = git::source::read_refs(&repo)?;
-        let object_format = repo.object_hash().to_string();
-        let reach_lost = match &previous {
-            Some(previous) if store.snapshots_are_complete() => git::backup::reach_lost(&repo, previous, &refs),
-            _ => false,
-        };
-        let result = git::backup::write_pack(store, repo, &refs, previous.as_ref(), limiter);
-        let outcome = match result {
-            Ok(outcome) => outcome,
-            Err(e) if attempt < ATTEMPTS && pack_files(&git_dir) != packs_before => {
-                tracing::warn!(repo = name, error = %format!("{e:#}"), "source packs changed during the backup; retrying");
-                continue;
-            }
-            Err(e) => return Err(with_culprit(e, path, &refs)),
-        };
-        if let Some(chain) = &base {
-            check_thin_bases(store, chain, &outcome.thin_bases)?;
-        }
-        let snapshot = Snapshot {
-            repo: name.to_owned(),
-            vcs: Vcs::Git,
-            created_at: taken_at,
-            source_changed_at: refs_stat.changed_at,
-            source_fingerprint: Some(refs_stat.fingerprint),
-            parent: parent.map(|p| p.id.clone()),
-            head: refs.head.clone(),
-            head_detached: refs.head_detached.map(|id| id.to_string()),
-            refs: refs.refs.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
-            symbolic_refs: refs.symbolic_refs.clone(),
-            object_format,
-            packs: packs_needed(store, parent, outcome.pack.as_ref()),
-            new_packs: store.snapshots_are_complete().then(|| usize::from(outcome.pack.is_some())),
-            packs_hold_unreachable: store.snapshots_are_complete().then(|| match parent {
-                // A full snapshot's pack holds exactly what its refs reach.
-                None => false,
-                Some(parent) => parent.snapshot.may_hold_unreachable() || reach_lost,
-            }),
-            source_path: source_path.clone(),
-            hostname: hostname(),
-            tool_version: env!("CARGO_PKG_VERSION").to_owned(),
-        };
-        let snapshot_id = store.write_snapshot(&snapshot)?;
-        return Ok(BackupReport {
-            snapshot_id,
-            parent: parent.map(|p| p.id.clone()),
-            bytes_read: outcome.bytes_read,
-            bytes_stored: outcome.bytes_stored,
-            objects: outcome.pack.map_or(0, |p| p.objects),
-        });
-    }
+    let base = incremental_base(store, name)?
+        .filter(|chain| may_chain(name, chain, &source_path, chaining))
+        // A repository converted to another VCS starts again from a full snapshot.
+        .filter(|chain| chain.last().is_some_and(|latest| latest.snapshot.vcs == vcs));
+    vcs.system().back_up(Job { store, name, path, source_path, base, limiter })
+}
+
+/// One backup as a version control system's part of it sees it.
+pub struct Job<'a> {
+    pub store: &'a Store,
+    pub name: &'a str,
+    pub path: &'a Path,
+    /// The source path as snapshots record it (canonical).
+    pub source_path: String,
+    /// The chain (oldest first; in format 3 stores the latest snapshot alone) the new
+    /// snapshot may build on; `None`: it is full.
+    pub base: Option<Vec<StoredSnapshot>>,
+    pub limiter: Option<&'a RateLimiter>,
 }
 
 /// The chain (oldest first) a new snapshot of `name` is incremental to, or `None` when it
@@ -171,65 +113,6 @@ fn incremental_base(store: &Store, name: &str) -> Result<Option<Vec<StoredSnapsh
             Ok(None)
         }
     }
-}
-
-/// Once the packs a snapshot would inherit beyond its first (full) pack reach this share of
-/// it, the snapshot is full instead. This bounds what a restore of the newest snapshot reads
-/// (at most 1.15 times a full snapshot's packs, however many nights are behind it) and what
-/// `prune --keep-last 1` leaves; what it costs is a full pack every so often, measured in
-/// the README.
-const FULL_AFTER_SHARE: (u64, u64) = (15, 100);
-/// And after this many packs, whatever their size: each costs a read of its index per night.
-const MAX_INHERITED_PACKS: usize = 64;
-
-/// In a store whose snapshots are complete (format 3), whether a new snapshot of `name`
-/// should inherit the packs of its latest one (`chain`, that one snapshot) rather than be
-/// full: not when they have grown too many (see [`FULL_AFTER_SHARE`]), and not when a chunk
-/// they name is missing from `objects/`. The latter is what keeps prune safe: a chunk a
-/// prune moved to its trash after this backup's session began is protected by the session,
-/// but one moved before may be deleted, so it must not be named again.
-fn worth_inheriting(store: &Store, name: &str, chain: &[StoredSnapshot]) -> Result<bool> {
-    let Some(latest) = chain.last() else { return Ok(false) };
-    let packs = &latest.snapshot.packs;
-    if let Some((first, later)) = packs.split_first() {
-        let later_bytes: u64 = later.iter().map(|p| p.pack.size).sum();
-        let (share, of) = FULL_AFTER_SHARE;
-        if packs.len() >= MAX_INHERITED_PACKS || later_bytes * of > first.pack.size * share {
-            tracing::info!(
-                repo = name,
-                packs = packs.len(),
-                full_bytes = first.pack.size,
-                later_bytes,
-                "the packs since the last full snapshot have grown: this backup is a full snapshot"
-            );
-            return Ok(false);
-        }
-    }
-    for pack in packs {
-        for chunk in pack.pack.chunks.iter().chain(&pack.index.chunks) {
-            if !store.has_object(chunk).with_context(|| format!("repository {name}: checking stored chunk {chunk}"))? {
-                tracing::warn!(
-                    repo = name,
-                    snapshot = latest.id,
-                    chunk,
-                    "a chunk of the latest snapshot is not in objects/ (a prune moved it aside): this backup is a full snapshot"
-                );
-                return Ok(false);
-            }
-        }
-    }
-    Ok(true)
-}
-
-/// The packs a new snapshot names: in a store whose snapshots are complete, the parent's
-/// packs and the new one; before format 3 only the new one.
-fn packs_needed(
-    store: &Store,
-    parent: Option<&StoredSnapshot>,
-    new: Option<&crate::snapshot::PackRecord>,
-) -> Vec<crate::snapshot::PackRecord> {
-    let inherited = parent.filter(|_| store.snapshots_are_complete()).map(|p| p.snapshot.packs.as_slice());
-    inherited.unwrap_or_default().iter().chain(new).cloned().collect()
 }
 
 /// Whether a snapshot of `name` from `here` (canonical) may be chained to `chain`, whose
@@ -293,7 +176,7 @@ pub fn check_default_name(store: &Store, name: &str, path: &Path) -> Result<()> 
 
 /// The source path as recorded in snapshots: absolute, symlinks resolved (as given when the
 /// path cannot be resolved).
-fn canonical_source_path(path: &Path) -> String {
+pub(crate) fn canonical_source_path(path: &Path) -> String {
     let resolved = std::fs::canonicalize(path).or_else(|_| std::path::absolute(path));
     crate::output::path(resolved.as_deref().unwrap_or(path))
 }
@@ -302,69 +185,6 @@ fn canonical_source_path(path: &Path) -> String {
 /// recorded the path as given, perhaps relative: it is resolved now for the comparison.
 fn same_source(recorded: &str, here: &str) -> bool {
     recorded == here || std::fs::canonicalize(recorded).is_ok_and(|p| crate::output::path(&p) == here)
-}
-
-/// A thin pack's deltas name bases in earlier snapshots; restore finds them there. Before
-/// the snapshot is committed, every one of them must be in a pack index of the chain: a
-/// snapshot that could not be restored must never be written.
-fn check_thin_bases(store: &Store, chain: &[StoredSnapshot], bases: &[gix::ObjectId]) -> Result<()> {
-    if bases.is_empty() {
-        return Ok(());
-    }
-    let mut missing: Vec<gix::ObjectId> = bases.to_vec();
-    for link in chain.iter().rev() {
-        for pack in &link.snapshot.packs {
-            let mut index = Vec::new();
-            std::io::Read::read_to_end(&mut crate::store::chunker::ChunkReader::new(store, &pack.index), &mut index)
-                .with_context(|| format!("snapshot {}: reading the index of pack {}", link.id, pack.checksum))?;
-            let mut still_missing = Vec::new();
-            for id in missing {
-                let found = git::pack_index::contains_v2(&index, &id)
-                    .with_context(|| format!("snapshot {}: the index of pack {}", link.id, pack.checksum))?;
-                if !found {
-                    still_missing.push(id);
-                }
-            }
-            missing = still_missing;
-            if missing.is_empty() {
-                return Ok(());
-            }
-        }
-    }
-    bail!(
-        "{} delta base(s) of the new pack are in no earlier snapshot (first: {}); the snapshot would not \
-         restore and is not written. This is a bug in repovault; please report it",
-        missing.len(),
-        missing[0]
-    )
-}
-
-/// gix's errors for damaged pack data do not say which object was damaged. Once a backup
-/// has failed, reading every reachable object finds it, so the error can name it.
-fn with_culprit(err: anyhow::Error, path: &Path, refs: &git::source::RefState) -> anyhow::Error {
-    let culprit =
-        git::source::open(path).and_then(|repo| git::connectivity::check(&repo, refs, git::connectivity::Blobs::Read));
-    match culprit {
-        Err(found) => err.context(format!("{found:#}")),
-        Ok(_) => err,
-    }
-}
-
-fn previous_of(snapshot: &Snapshot) -> Result<Previous> {
-    let mut tips = BTreeSet::new();
-    for id in snapshot.refs.values().chain(snapshot.head_detached.iter()) {
-        tips.insert(
-            gix::ObjectId::from_hex(id.as_bytes())
-                .map_err(|e| anyhow!("previous snapshot has a bad object id {id}: {e}"))?,
-        );
-    }
-    Ok(Previous { tips })
-}
-
-fn pack_files(git_dir: &Path) -> BTreeSet<String> {
-    std::fs::read_dir(git_dir.join("objects/pack"))
-        .map(|entries| entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-        .unwrap_or_default()
 }
 
 pub fn hostname() -> String {

@@ -11,12 +11,11 @@ use anyhow::Result;
 use chrono::{DateTime, Utc};
 
 use crate::{
-    backup::{BackupReport, Chaining, backup_git},
+    backup::{BackupReport, Chaining, back_up},
     snapshot::Vcs,
     source::Candidate,
     store::{Store, StoredSnapshot, repo_key},
     throttle::RateLimiter,
-    vcs::git,
 };
 
 /// Why a repository is or is not backed up tonight.
@@ -81,7 +80,7 @@ fn plan_one(store: &Store, candidate: &Candidate) -> Planned {
             Err(e) => Plan::Damaged(format!("its latest snapshot cannot be read: {e:#}")),
             Ok(None) => Plan::Backup { waiting_since: None },
             Ok(Some(latest)) => {
-                let now = git::source::refs_stat(&git::source::git_dir_of(&candidate.path));
+                let now = candidate.vcs.system().source_stat(&candidate.path);
                 if latest.snapshot.source_fingerprint.as_deref() == Some(now.fingerprint.as_str()) {
                     Plan::Unchanged
                 } else {
@@ -272,7 +271,7 @@ fn quick_check(store: &Store, candidate: &Candidate) -> Option<Outcome> {
         Err(e) => Some(Outcome::Failed(format!("its latest snapshot cannot be read: {e:#}"))),
         Ok(None) => None,
         Ok(Some(latest)) => {
-            let now = git::source::refs_stat(&git::source::git_dir_of(&candidate.path));
+            let now = candidate.vcs.system().source_stat(&candidate.path);
             (latest.snapshot.source_fingerprint.as_deref() == Some(now.fingerprint.as_str()))
                 .then_some(Outcome::Unchanged(Some((latest.id, latest.snapshot.created_at))))
         }
@@ -289,7 +288,7 @@ fn back_up_with_retries(
     let mut attempts = 0;
     let outcome = loop {
         attempts += 1;
-        let result = backup_git(store, &candidate.name, &candidate.path, options.limiter, Chaining::SameSourceOnly);
+        let result = back_up(store, &candidate.name, &candidate.path, options.limiter, Chaining::SameSourceOnly);
         match result {
             Ok(report) => break Outcome::BackedUp(report),
             Err(e) if attempts <= options.retry_delays.len() && is_transient(&e) => {

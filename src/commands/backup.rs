@@ -54,7 +54,7 @@ pub fn run(ctx: &Context, args: &BackupArgs) -> Result<Outcome> {
     // A NAME given on purpose may continue another path's chain (the repository moved); a
     // defaulted one was checked above to be this path's.
     let chaining = if defaulted { Chaining::SameSourceOnly } else { Chaining::AllowMoved };
-    let report = with_progress(&store, &name, || crate::backup::backup_git(&store, &name, &args.path, None, chaining))
+    let report = with_progress(&store, &name, || crate::backup::back_up(&store, &name, &args.path, None, chaining))
         .with_context(|| format!("repository {name} ({shown_path}): backup failed"))?;
     let seconds = start.elapsed().as_secs_f64();
     tracing::info!(

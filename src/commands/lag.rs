@@ -15,7 +15,7 @@
 //! wins when some repository is stale). Repositories found but left alone by design
 //! (Mercurial, refused names) are listed apart, outside the percentiles and `stale`.
 
-use std::{io::Write, path::PathBuf, time::SystemTime};
+use std::{io::Write, path::PathBuf};
 
 use anyhow::{Context as _, Result};
 use chrono::{DateTime, Utc};
@@ -28,14 +28,13 @@ use crate::{
     error::usage,
     output,
     scheduler::{self, Gone, Latest},
-    snapshot::{Snapshot, Vcs},
+    snapshot::Vcs,
     source::{
         Candidate, Rejected, RejectionKind,
         root_guard::{self, GoneCount, ScanRoot},
     },
     store::{RunRecord, Store, runs::NotBackedUp},
     throttle::parse_duration,
-    vcs::git,
 };
 
 #[derive(Debug, Args)]
@@ -262,48 +261,18 @@ pub fn update_prometheus(
     write_prometheus(path, &report, last_run(store).as_ref())
 }
 
-/// When a repository's current state last changed at the source.
-fn source_changed_at(candidate: &Candidate) -> DateTime<Utc> {
-    match candidate.vcs {
-        Vcs::Git => git::source::refs_stat(&git::source::git_dir_of(&candidate.path)).changed_at,
-        Vcs::Hg => ["", "bookmarks", "store/00changelog.i", "store/phaseroots"]
-            .iter()
-            .filter_map(|f| std::fs::metadata(candidate.path.join(".hg").join(f)).and_then(|m| m.modified()).ok())
-            .max()
-            .unwrap_or(SystemTime::UNIX_EPOCH)
-            .into(),
-    }
-}
-
-/// Whether `snapshot` holds the source's current state: its ref fingerprint is the same,
-/// or (the ref files were rewritten, as by `git pack-refs`) the refs and HEAD read now are
-/// the ones it recorded.
-fn holds_current_state(candidate: &Candidate, snapshot: &Snapshot) -> bool {
-    let git_dir = git::source::git_dir_of(&candidate.path);
-    if snapshot.source_fingerprint.as_deref() == Some(git::source::refs_stat(&git_dir).fingerprint.as_str()) {
-        return true;
-    }
-    let Ok(now) = git::source::open(&candidate.path).and_then(|repo| git::source::read_refs(&repo)) else {
-        return false;
-    };
-    snapshot.head == now.head
-        && snapshot.head_detached == now.head_detached.map(|id| id.to_string())
-        && snapshot.symbolic_refs == now.symbolic_refs
-        && snapshot.refs.len() == now.refs.len()
-        && snapshot.refs.iter().zip(&now.refs).all(|((name, id), (now_name, now_id))| {
-            name == now_name && gix::ObjectId::from_hex(id.as_bytes()).is_ok_and(|id| id == *now_id)
-        })
-}
-
 /// Lag of one repository the source has, per the definition in the module doc.
 fn repo_lag(store: &Store, candidate: &Candidate, now: DateTime<Utc>) -> RepoLag {
-    let changed_at = source_changed_at(candidate);
+    let changed_at = candidate.vcs.system().source_stat(&candidate.path).changed_at;
     let since = |t: DateTime<Utc>| (now - t).num_seconds().max(0);
     let (backed_up_change_at, lag_seconds, damage) = match scheduler::latest(store, &candidate.name) {
         Latest::Never => (None, since(changed_at), None),
         Latest::Readable(latest) => {
-            let lag =
-                if holds_current_state(candidate, &latest.snapshot) { 0 } else { since(latest.snapshot.created_at) };
+            let lag = if candidate.vcs.system().holds_current_state(&candidate.path, &latest.snapshot) {
+                0
+            } else {
+                since(latest.snapshot.created_at)
+            };
             (Some(latest.snapshot.source_changed_at), lag, None)
         }
         // A damaged latest snapshot never makes a repository look fresh.

@@ -207,7 +207,8 @@ fn restore_into(store: &Store, chain: &[StoredSnapshot], dest: &Path) -> Result<
     }
     let build = dest.join(format!("{TEMP_PREFIX}{:016x}", rand::random::<u64>()));
     let result = (|| {
-        crate::vcs::git::restore::build(store, chain, &build)?;
+        let latest = chain.last().context("an empty chain")?;
+        latest.snapshot.vcs.system().restore(store, chain, &build)?;
         // Only now that the new repository is complete is the old content removed (--force).
         for entry in fs::read_dir(dest)?.flatten() {
             if entry.path() == build {
@@ -225,8 +226,8 @@ fn restore_into(store: &Store, chain: &[StoredSnapshot], dest: &Path) -> Result<
         }
         crate::store::local::sync_dir(dest)?;
         fs::remove_dir(&build)?;
-        if !dest.join("HEAD").exists() {
-            bail!("restored repository has no HEAD");
+        if crate::vcs::detect(dest).is_none() {
+            bail!("the restored repository is not a repository");
         }
         Ok(())
     })();

@@ -577,52 +577,6 @@ fn probe_write(dir: &Path) -> io::Result<()> {
 }
 
 fn deep_check(store: &Store, latest: &StoredSnapshot, scratch: &Path) -> Result<()> {
-    let target = scratch.join("repo.git");
     let chain = store.chain(&latest.snapshot.repo, &latest.id)?;
-    crate::vcs::git::restore::build(store, &chain, &target)?;
-    // Every object of every pack re-hashed against its index entry (backups record ids
-    // without hashing objects again; this is where that is checked).
-    // The rebuilt packs are listed from disk: the restore joins the snapshot's packs into
-    // one pack with a name of its own.
-    let pack_dir = target.join("objects/pack");
-    let mut indexes: Vec<_> = std::fs::read_dir(&pack_dir)
-        .with_context(|| format!("listing {}", pack_dir.display()))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "idx"))
-        .collect();
-    // (Two snapshots may hold the same pack, which the rebuilt repository holds once.)
-    indexes.sort();
-    for path in indexes {
-        check_pack_integrity(&path)?;
-    }
-    let mut repo = gix::open_opts(&target, gix::open::Options::isolated()).map_err(|e| anyhow::anyhow!("{e}"))?;
-    crate::vcs::git::source::without_replacements(&mut repo);
-    let refs = crate::vcs::git::source::read_refs(&repo)?;
-    let recorded: BTreeMap<String, String> = refs.refs.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
-    if recorded != latest.snapshot.refs {
-        anyhow::bail!("the rebuilt repository's refs differ from the snapshot's");
-    }
-    crate::vcs::git::connectivity::check(&repo, &refs, crate::vcs::git::connectivity::Blobs::Exist)?;
-    Ok(())
-}
-
-fn check_pack_integrity(index: &Path) -> Result<()> {
-    let name = index.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let pack = name.strip_prefix("pack-").unwrap_or(&name);
-    let bundle = gix_pack::Bundle::at(index, gix::hash::Kind::Sha1)
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .with_context(|| format!("pack {pack}"))?;
-    bundle
-        .verify_integrity(
-            &mut gix::progress::Discard,
-            &std::sync::atomic::AtomicBool::new(false),
-            gix_pack::index::verify::integrity::Options {
-                verify_mode: gix_pack::index::verify::Mode::HashCrc32Decode,
-                ..Default::default()
-            },
-        )
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .with_context(|| format!("pack {pack} fails its integrity check"))?;
-    Ok(())
+    latest.snapshot.vcs.system().deep_check(store, &chain, scratch)
 }

@@ -11,28 +11,12 @@ use anyhow::{Context, Result};
 use walkdir::WalkDir;
 
 use super::{Candidate, Rejected, RejectionKind};
-use crate::snapshot::Vcs;
 
 /// What a scan found.
 #[derive(Debug, Default)]
 pub struct ScanResult {
     pub repositories: Vec<Candidate>,
     pub rejected: Vec<Rejected>,
-}
-
-fn is_bare_git(dir: &Path) -> bool {
-    dir.join("HEAD").is_file() && dir.join("objects").is_dir() && dir.join("refs").is_dir()
-}
-
-/// Bare repositories are tested first: on a forge's disk nearly every repository is one.
-fn kind_of(dir: &Path) -> Option<Vcs> {
-    if is_bare_git(dir) || dir.join(".git").exists() {
-        Some(Vcs::Git)
-    } else if dir.join(".hg").is_dir() {
-        Some(Vcs::Hg)
-    } else {
-        None
-    }
 }
 
 /// Threads that walk at once: the walk is `stat` and `readdir` calls, bound by file-system
@@ -43,7 +27,7 @@ const WALK_THREADS: usize = 4;
 pub fn scan(root: &Path) -> Result<ScanResult> {
     let meta = std::fs::metadata(root).with_context(|| format!("scan root {}", root.display()))?;
     anyhow::ensure!(meta.is_dir(), "scan root {} is not a directory", root.display());
-    if kind_of(root).is_some() {
+    if crate::vcs::detect(root).is_some() {
         let reason = "the scan root itself is a repository; scan its parent".to_owned();
         return Ok(ScanResult {
             repositories: Vec::new(),
@@ -90,7 +74,7 @@ fn walk_subtrees(root: &Path, tops: &[PathBuf]) -> ScanResult {
                 continue;
             }
             let dir = entry.path();
-            let Some(vcs) = kind_of(dir) else { continue };
+            let Some(vcs) = crate::vcs::detect(dir) else { continue };
             walk.skip_current_dir();
             match name_of(root, dir) {
                 Ok(name) => result.repositories.push(Candidate { name, path: dir.to_owned(), vcs }),
@@ -120,6 +104,7 @@ fn name_of(root: &Path, dir: &Path) -> std::result::Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vcs::Vcs;
 
     #[test]
     fn finds_nested_bare_and_working_copies_without_descending_or_looping() {

@@ -1,5 +1,6 @@
 //! Opening a source repository and reading its refs.
 
+use crate::vcs::SourceStat;
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
@@ -7,7 +8,6 @@ use std::{
 };
 
 use anyhow::{Context, Result, anyhow, bail};
-use chrono::{DateTime, Utc};
 use gix::bstr::ByteSlice;
 
 /// Every ref of a repository at one moment.
@@ -114,16 +114,6 @@ pub fn read_refs(repo: &gix::Repository) -> Result<RefState> {
     Ok(state)
 }
 
-/// A cheap summary of a repository's refs, from file metadata only: no ref or object is
-/// read, so deciding "changed since the last snapshot" costs a few `stat` calls.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RefsStat {
-    /// BLAKE3 over each ref file's path, size and modification time.
-    pub fingerprint: String,
-    /// The newest modification time among them: when the refs last changed.
-    pub changed_at: DateTime<Utc>,
-}
-
 /// The git directory of a repository path: itself when bare, its `.git` directory, or where
 /// a `.git` file (`gitdir: ...`) points. One `stat` for the common cases: planning calls
 /// this for every repository of the forge each night.
@@ -147,7 +137,9 @@ pub fn git_dir_of(path: &Path) -> PathBuf {
 
 /// Stats HEAD, packed-refs, every loose ref and the directories holding them (deleting a
 /// loose ref changes only its directory).
-pub fn refs_stat(git_dir: &Path) -> RefsStat {
+/// The source's change summary ([`SourceStat`]) from its ref files: BLAKE3 over each one's
+/// path, size and modification time; no ref or object is read.
+pub fn refs_stat(git_dir: &Path) -> SourceStat {
     let mut files = vec![git_dir.join("HEAD"), git_dir.join("packed-refs")];
     let walk = walkdir::WalkDir::new(git_dir.join("refs")).follow_links(false).sort_by_file_name();
     files.extend(walk.into_iter().flatten().map(walkdir::DirEntry::into_path));
@@ -169,5 +161,5 @@ pub fn refs_stat(git_dir: &Path) -> RefsStat {
         }
         hasher.update(b"\0");
     }
-    RefsStat { fingerprint: hasher.finalize().to_hex().to_string(), changed_at: newest.into() }
+    SourceStat { fingerprint: hasher.finalize().to_hex().to_string(), changed_at: newest.into() }
 }
