@@ -174,15 +174,15 @@ fn a_store_of_an_unknown_format_is_refused_clearly() {
     let env = Env::new();
     env.init_store();
     let config_path = env.path("store/config");
-    let config = std::fs::read_to_string(&config_path).unwrap().replace("\"format\": 3", "\"format\": 4");
-    assert!(config.contains("\"format\": 4"), "{config}");
+    let config = std::fs::read_to_string(&config_path).unwrap().replace("\"format\": 4", "\"format\": 5");
+    assert!(config.contains("\"format\": 5"), "{config}");
     std::fs::write(&config_path, &config).unwrap();
     let repo = new_repo(&env.path("src"));
     commit_file(&repo, "f", "x", "c");
     for args in [vec!["snapshots"], vec!["backup", &repo.to_string_lossy()], vec!["verify"]] {
         let out = env.rv(&args);
         assert_eq!(code(&out), 2, "{args:?}: {}", stderr(&out));
-        assert!(stderr(&out).contains("format version 4 is not supported"), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("format version 5 is not supported"), "{args:?}: {}", stderr(&out));
     }
     assert_eq!(snapshot_count(&env.path("store")), 0);
 }
