@@ -102,13 +102,17 @@ pub struct PackRecord {
     pub thin: bool,
 }
 
-/// One Mercurial changegroup bundle stored as a chunked stream.
+/// One Mercurial bundle stored as a chunked stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BundleRecord {
     /// The bundle file as `hg bundle` wrote it.
     pub bundle: ChunkList,
     /// The changesets it adds.
     pub changesets: u64,
+    /// A stream bundle (a copy of the store's files, `stream=v2`) rather than a changegroup:
+    /// only ever the first of `bundles`, applied alone to the empty repository.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stream: bool,
 }
 
 impl Snapshot {

@@ -32,6 +32,20 @@ const ATTEMPTS: usize = 3;
 const FULL_AFTER_SHARE: (u64, u64) = (15, 100);
 const MAX_INHERITED_BUNDLES: usize = 64;
 
+/// `hg bundle` arguments for a full snapshot's stream bundle (without its file). hg refuses
+/// a stream of a repository with secret changesets unless told it may (a server would
+/// otherwise hand them out), and one with markers unless they are asked for.
+const STREAM_BUNDLE: [&str; 8] = [
+    "--hidden",
+    "--config",
+    "server.uncompressedallowsecret=true",
+    "bundle",
+    "-q",
+    "--all",
+    "-t",
+    "none-v2;stream=v2;obsolescence=yes",
+];
+
 pub fn back_up(job: Job<'_>) -> Result<BackupReport> {
     let Job { store, name, path, source_path, base, limiter } = job;
     if !store.holds_mercurial() {
@@ -65,7 +79,9 @@ pub fn back_up(job: Job<'_>) -> Result<BackupReport> {
             );
         }
         let inherit = match latest {
-            Some(latest) if !stripped => worth_inheriting(store, name, latest)?,
+            // After an empty snapshot there is nothing to build on (and hg reads an empty
+            // `--base` as "no base": it would look for a remote).
+            Some(latest) if !stripped && !previous_heads.is_empty() => worth_inheriting(store, name, latest)?,
             _ => false,
         };
         let inherited: &[BundleRecord] = match (inherit, latest) {
@@ -80,13 +96,18 @@ pub fn back_up(job: Job<'_>) -> Result<BackupReport> {
         let new_bundle = if heads.heads.is_empty() {
             false
         } else {
-            let base = if inherit {
-                format!("nodefromfile('{}')", source::revset_path(&previous_file)?)
+            let mut command = if inherit {
+                let base = format!("nodefromfile('{}')", source::revset_path(&previous_file)?);
+                let revs = format!("nodefromfile('{}')", source::revset_path(&heads_file)?);
+                hg_in(path, &["--hidden", "bundle", "-q", "-t", "zstd-v2", "--base", &base, "-r", &revs])
             } else {
-                "null".to_owned()
+                // A full snapshot is a stream bundle, a copy of the store's revlogs: hg makes
+                // it several times faster than a changegroup, and applies it at restore 3-4
+                // times faster (revlogs copied, not rebuilt), for about twice the bytes
+                // (revlogs are compressed per revision, a changegroup as one stream). The
+                // secret changesets and markers are in the store and go with it.
+                hg_in(path, &STREAM_BUNDLE)
             };
-            let revs = format!("nodefromfile('{}')", source::revset_path(&heads_file)?);
-            let mut command = hg_in(path, &["--hidden", "bundle", "-q", "-t", "zstd-v2", "--base", &base, "-r", &revs]);
             command.arg(&bundle_file);
             let output = run(command, "bundling the new changesets")?;
             match output.status.code() {
@@ -106,7 +127,11 @@ pub fn back_up(job: Job<'_>) -> Result<BackupReport> {
             bytes_read += read;
             bytes_stored += stored;
             let before: u64 = inherited.iter().map(|b| b.changesets).sum();
-            bundles.push(BundleRecord { bundle: list, changesets: heads.changesets.saturating_sub(before) });
+            bundles.push(BundleRecord {
+                bundle: list,
+                changesets: heads.changesets.saturating_sub(before),
+                stream: !inherit,
+            });
         }
 
         let mut files = BTreeMap::new();

@@ -133,7 +133,9 @@ pub fn refs(repo: &Path, bookmarks: Option<&[u8]>) -> Result<BTreeMap<String, St
             refs.insert(format!("bookmarks/{name}"), node.to_owned());
         }
     }
-    let out = run_ok(hg_in(repo, &["--hidden", "branches", "--closed", "-Tjson"]), "listing branches")?;
+    // Visible tips: a branch whose every head is obsolete is not listed (its heads are in the
+    // snapshot's `heads` all the same).
+    let out = run_ok(hg_in(repo, &["branches", "--closed", "-Tjson"]), "listing branches")?;
     #[derive(serde::Deserialize)]
     struct Branch {
         branch: String,
@@ -169,7 +171,8 @@ pub fn check_revlogs(repo: &Path) -> Result<()> {
     check_revlog(&store, "00changelog")?;
     check_revlog(&store, "00manifest")?;
     let mut on_disk = 0usize;
-    for top in ["data", "meta"] {
+    // `dh/` holds the revlogs of files whose encoded path is too long, under hashed names.
+    for top in ["data", "meta", "dh"] {
         for entry in walkdir::WalkDir::new(store.join(top)).follow_links(false) {
             let entry = match entry {
                 Ok(entry) => entry,
@@ -178,7 +181,9 @@ pub fn check_revlogs(repo: &Path) -> Result<()> {
             };
             let relative = entry.path().strip_prefix(&store).unwrap_or(entry.path());
             let Some(base) = relative.to_str().and_then(|p| p.strip_suffix(".i")) else { continue };
-            if entry.file_type().is_file() {
+            // A strip that removes every revision of a file leaves its revlog empty (and out
+            // of fncache).
+            if entry.file_type().is_file() && entry.metadata().is_ok_and(|m| m.len() > 0) {
                 on_disk += 1;
                 check_revlog(&store, base)?;
             }
