@@ -12,7 +12,6 @@ use chrono::{DateTime, Utc};
 
 use crate::{
     backup::{BackupReport, Chaining, back_up},
-    snapshot::Vcs,
     source::Candidate,
     store::{Store, StoredSnapshot, repo_key},
     throttle::RateLimiter,
@@ -65,29 +64,18 @@ pub fn plan(store: &Store, candidates: Vec<Candidate>) -> Result<Vec<Planned>> {
     Ok(planned)
 }
 
-/// Why a repository found at the source is left alone by this version, if it is.
-pub fn why_not_backed_up(candidate: &Candidate) -> Option<String> {
-    match candidate.vcs {
-        Vcs::Hg => Some("Mercurial repositories are found but not yet backed up".into()),
-        Vcs::Git => None,
-    }
-}
-
 fn plan_one(store: &Store, candidate: &Candidate) -> Planned {
-    let plan = match why_not_backed_up(candidate) {
-        Some(why) => Plan::Unsupported(why),
-        None => match store.latest_snapshot(&candidate.name) {
-            Err(e) => Plan::Damaged(format!("its latest snapshot cannot be read: {e:#}")),
-            Ok(None) => Plan::Backup { waiting_since: None },
-            Ok(Some(latest)) => {
-                let now = candidate.vcs.system().source_stat(&candidate.path);
-                if latest.snapshot.source_fingerprint.as_deref() == Some(now.fingerprint.as_str()) {
-                    Plan::Unchanged
-                } else {
-                    Plan::Backup { waiting_since: Some(latest.snapshot.created_at) }
-                }
+    let plan = match store.latest_snapshot(&candidate.name) {
+        Err(e) => Plan::Damaged(format!("its latest snapshot cannot be read: {e:#}")),
+        Ok(None) => Plan::Backup { waiting_since: None },
+        Ok(Some(latest)) => {
+            let now = candidate.vcs.system().source_stat(&candidate.path);
+            if latest.snapshot.source_fingerprint.as_deref() == Some(now.fingerprint.as_str()) {
+                Plan::Unchanged
+            } else {
+                Plan::Backup { waiting_since: Some(latest.snapshot.created_at) }
             }
-        },
+        }
     };
     Planned { candidate: candidate.clone(), plan }
 }
@@ -264,9 +252,6 @@ fn run_job(store: &Store, candidate: &Candidate, options: &ExecOptions<'_>, unpl
 /// The outcome of a repository that needs no backup (unchanged, left alone, its latest
 /// snapshot unreadable), or `None`: back it up.
 fn quick_check(store: &Store, candidate: &Candidate) -> Option<Outcome> {
-    if let Some(why) = why_not_backed_up(candidate) {
-        return Some(Outcome::NotBackedUp(why));
-    }
     match store.latest_snapshot(&candidate.name) {
         Err(e) => Some(Outcome::Failed(format!("its latest snapshot cannot be read: {e:#}"))),
         Ok(None) => None,

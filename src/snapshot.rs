@@ -63,6 +63,24 @@ pub struct Snapshot {
     /// then leave out. Absent in older snapshots: unknown, so taken as `true`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub packs_hold_unreachable: Option<bool>,
+    /// Mercurial: the changegroup bundles (`hg bundle` output) the snapshot needs, in the
+    /// order they are applied: the last full one and each later one up to its own, those it
+    /// inherited and its new one (as format 3 `packs`, whatever the store's format).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bundles: Vec<BundleRecord>,
+    /// Mercurial: how many bundles at the end of `bundles` this snapshot stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_bundles: Option<usize>,
+    /// Mercurial: files of the repository that no bundle carries, byte for byte (path from
+    /// the repository's root, e.g. `.hg/bookmarks`, to content): bookmarks, phases,
+    /// obsolescence markers, local tags, hgrc, requirements. A file the source lacked is
+    /// absent.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, ChunkList>,
+    /// Mercurial: every head (visible, hidden and secret changesets alike), by node: the
+    /// bases of the next snapshot's bundle, and what a restore must end with.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub heads: Vec<String>,
     /// Where and how the snapshot was made, for people reading the store.
     pub source_path: String,
     pub hostname: String,
@@ -84,7 +102,43 @@ pub struct PackRecord {
     pub thin: bool,
 }
 
+/// One Mercurial changegroup bundle stored as a chunked stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleRecord {
+    /// The bundle file as `hg bundle` wrote it.
+    pub bundle: ChunkList,
+    /// The changesets it adds.
+    pub changesets: u64,
+}
+
 impl Snapshot {
+    /// Every chunk list the snapshot names: what must be in the store for it to restore
+    /// (packs and their indexes, bundles, files).
+    pub fn chunk_lists(&self) -> impl Iterator<Item = &ChunkList> {
+        self.packs
+            .iter()
+            .flat_map(|p| [&p.pack, &p.index])
+            .chain(self.bundles.iter().map(|b| &b.bundle))
+            .chain(self.files.values())
+    }
+
+    /// Every chunk the snapshot names.
+    pub fn chunks(&self) -> impl Iterator<Item = &crate::store::ObjectId> {
+        self.chunk_lists().flat_map(|list| &list.chunks)
+    }
+
+    /// The bundles this snapshot stored, as opposed to those it inherited.
+    pub fn bundles_stored_here(&self) -> &[BundleRecord] {
+        let new = self.new_bundles.unwrap_or(self.bundles.len()).min(self.bundles.len());
+        &self.bundles[self.bundles.len() - new..]
+    }
+
+    /// Bytes of history (packs, bundles) this snapshot stored itself.
+    pub fn new_history_bytes(&self) -> u64 {
+        self.packs_stored_here().iter().map(|p| p.pack.size).sum::<u64>()
+            + self.bundles_stored_here().iter().map(|b| b.bundle.size).sum::<u64>()
+    }
+
     /// The short form shown to people; any unique prefix works for `--at`.
     pub fn short_id(id: &str) -> &str {
         &id[..id.len().min(12)]
@@ -116,6 +170,10 @@ impl Snapshot {
             }],
             new_packs: Some(1),
             packs_hold_unreachable: Some(false),
+            bundles: Vec::new(),
+            new_bundles: None,
+            files: Default::default(),
+            heads: Vec::new(),
             source_path: format!("/{repo}"),
             hostname: "h".into(),
             tool_version: "t".into(),

@@ -197,12 +197,6 @@ impl db::lag::LagSink for DatabaseLags {
             self.not_backed_up.push(NotBackedUp { repo: None, path: String::new(), why: format!("{e:#}") });
             return;
         }
-        if let Some(why) =
-            scheduler::why_not_backed_up(&Candidate { name: row.name.clone(), path: PathBuf::new(), vcs })
-        {
-            self.not_backed_up.push(NotBackedUp { repo: Some(row.name), path: String::new(), why });
-            return;
-        }
         self.repos.push(RepoLag {
             repo: row.name,
             vcs,
@@ -315,20 +309,13 @@ pub fn measure(
     now: DateTime<Utc>,
 ) -> Result<LagReport> {
     let mut repos = Vec::with_capacity(candidates.len());
-    let mut not_backed_up: Vec<NotBackedUp> = rejected
+    let not_backed_up: Vec<NotBackedUp> = rejected
         .iter()
         .filter(|r| r.kind == RejectionKind::Refused)
         .map(|r| NotBackedUp { repo: None, path: output::path(&r.path), why: r.reason.clone() })
         .collect();
     for candidate in candidates {
-        match scheduler::why_not_backed_up(candidate) {
-            Some(why) => not_backed_up.push(NotBackedUp {
-                repo: Some(candidate.name.clone()),
-                path: output::path(&candidate.path),
-                why,
-            }),
-            None => repos.push(repo_lag(store, candidate, now)),
-        }
+        repos.push(repo_lag(store, candidate, now));
     }
     let mut lags: Vec<i64> = repos.iter().map(|r| r.lag_seconds).collect();
     lags.sort_unstable();

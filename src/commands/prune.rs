@@ -318,19 +318,22 @@ impl Manifests {
                 Err(error) => return Err(error),
             };
             let mut chunks = Vec::new();
-            for pack in std::mem::take(&mut stored.snapshot.packs) {
-                for name in pack.pack.chunks.iter().chain(&pack.index.chunks) {
-                    let Some(key) = chunk_key(name) else { continue };
-                    let next = manifests.names.len() as u32;
-                    let at = *index.entry(key).or_insert(next);
-                    if at == next {
-                        manifests.names.push(key);
-                    }
-                    chunks.push(at);
+            for name in stored.snapshot.chunks() {
+                let Some(key) = chunk_key(name) else { continue };
+                let next = manifests.names.len() as u32;
+                let at = *index.entry(key).or_insert(next);
+                if at == next {
+                    manifests.names.push(key);
                 }
+                chunks.push(at);
             }
             chunks.sort_unstable();
             chunks.dedup();
+            // What names chunks is now in `chunks`: the rest of the manifest is kept small.
+            stored.snapshot.packs.clear();
+            stored.snapshot.bundles.clear();
+            stored.snapshot.files.clear();
+            stored.snapshot.heads.clear();
             stored.snapshot.refs.clear();
             stored.snapshot.symbolic_refs.clear();
             manifests.readable.push(stored);

@@ -79,6 +79,8 @@ fn print_json(snapshots: &[StoredSnapshot], breaks: &HashMap<String, ChainBreak>
                 "objects": snap.packs_stored_here().iter().map(|p| p.objects).sum::<u64>(),
                 "pack_bytes": snap.packs_stored_here().iter().map(|p| p.pack.size).sum::<u64>(),
                 "packs": snap.packs.len(),
+                "bundle_bytes": snap.bundles_stored_here().iter().map(|b| b.bundle.size).sum::<u64>(),
+                "bundles": snap.bundles.len(),
                 "restorable": chain_problem.is_none(),
                 "chain_problem": chain_problem,
             })
@@ -99,7 +101,7 @@ fn print_table(snapshots: &[StoredSnapshot], breaks: &HashMap<String, ChainBreak
             Snapshot::short_id(&s.id),
             display_time(&snap.created_at),
             snap.refs.len(),
-            snap.packs_stored_here().iter().map(|p| p.pack.size).sum::<u64>(),
+            snap.new_history_bytes(),
             snap.parent.as_deref().map(Snapshot::short_id).unwrap_or("-"),
             snap.repo
         );

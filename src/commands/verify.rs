@@ -235,13 +235,8 @@ pub fn verify(ctx: &Context, store: &Store, args: &VerifyArgs) -> Result<Report>
     if let Some(percent) = args.sample {
         sample(&mut repos, percent);
     }
-    let referenced: HashSet<&str> = repos
-        .values()
-        .flat_map(|r| &r.good)
-        .flat_map(|s| &s.snapshot.packs)
-        .flat_map(|p| p.pack.chunks.iter().chain(&p.index.chunks))
-        .map(String::as_str)
-        .collect();
+    let referenced: HashSet<&str> =
+        repos.values().flat_map(|r| &r.good).flat_map(|s| s.snapshot.chunks()).map(String::as_str).collect();
     let bar = output::progress_bar(referenced.len() as u64, "{spinner} verify [{bar:30}] {pos}/{len} objects {msg}");
     let mut objects = ObjectChecks::new(store, bar);
     let mut causes = DirectCauses::new();
@@ -335,13 +330,11 @@ fn shallow_causes(repo: &RepoSnapshots, complete: bool, objects: &mut ObjectChec
             found.push(Cause::MissingParent(parent.clone()));
         }
         let mut named = HashSet::new();
-        for pack in &s.snapshot.packs {
-            for id in pack.pack.chunks.iter().chain(&pack.index.chunks) {
-                if named.insert(id.as_str())
-                    && let Some(fault) = objects.check(id)
-                {
-                    found.push(Cause::Object { id: id.clone(), fault });
-                }
+        for id in s.snapshot.chunks() {
+            if named.insert(id.as_str())
+                && let Some(fault) = objects.check(id)
+            {
+                found.push(Cause::Object { id: id.clone(), fault });
             }
         }
         if !found.is_empty() {

@@ -701,11 +701,7 @@ impl Store {
         let mut named = ChunkSet::new();
         for entry in self.snapshot_entries(None)? {
             match self.load_snapshot(&entry) {
-                Ok(stored) => {
-                    for pack in &stored.snapshot.packs {
-                        named.extend(pack.pack.chunks.iter().chain(&pack.index.chunks).filter_map(|c| chunk_key(c)));
-                    }
-                }
+                Ok(stored) => named.extend(stored.snapshot.chunks().filter_map(|c| chunk_key(c))),
                 Err(error) if is_manifest_damage(&error) => {
                     return Ok(Err(DamagedSnapshot { entry, repo: None, error }));
                 }
@@ -897,6 +893,10 @@ mod tests {
                 packs: Vec::new(),
                 new_packs: None,
                 packs_hold_unreachable: None,
+                bundles: Vec::new(),
+                new_bundles: None,
+                files: Default::default(),
+                heads: Vec::new(),
                 source_path: "/r".into(),
                 hostname: "h".into(),
                 tool_version: "t".into(),
