@@ -165,6 +165,17 @@ impl HgRepo {
         HgRepo { path: path.to_owned() }
     }
 
+    /// `hg init` with `settings` (`format.*=...` pairs): a repository with other
+    /// requirements than hg's defaults.
+    pub fn with_format(path: &Path, settings: &[&str]) -> HgRepo {
+        let mut command = hg_base();
+        for setting in settings {
+            command.args(["--config", setting]);
+        }
+        checked(command.arg("init").arg(path), &format!("init {} with {settings:?}", path.display()));
+        HgRepo { path: path.to_owned() }
+    }
+
     /// Runs hg here (hgrc honoured), asserting success; returns stdout.
     pub fn hg(&self, args: &[&str]) -> String {
         hg(&self.path, args)
