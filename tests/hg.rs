@@ -291,10 +291,27 @@ fn every_snapshot_of_a_multi_night_history_restores_exactly() {
     for n in 1..=5 {
         night(&repo, n);
         let id = env.backup("src", &repo.path);
-        taken.push((n, id, repo.dump()));
+        let branches = hg_read(&repo.path, &["branches", "--closed", "-T", "{branch}\n"]);
+        taken.push((n, id, repo.dump(), bookmarks(&repo.path), branches));
     }
-    assert_eq!(snapshots(&env, "src").len(), 5);
-    for (n, id, expected) in &taken {
+    let listed = snapshots(&env, "src");
+    assert_eq!(listed.len(), 5);
+    for ((n, id, _, bookmarks, branches), snapshot) in taken.iter().zip(&listed) {
+        assert_eq!(snapshot["id"], id.as_str());
+        assert_eq!(snapshot["vcs"], "hg", "night {n}");
+        let refs = refs_of(snapshot);
+        let recorded: BTreeMap<String, String> = refs
+            .iter()
+            .filter_map(|(name, node)| Some((name.strip_prefix("bookmarks/")?.to_owned(), node.clone())))
+            .collect();
+        assert_eq!(&recorded, bookmarks, "night {n}: the snapshot's bookmarks");
+        let mut recorded: Vec<&str> = refs.keys().filter_map(|name| name.strip_prefix("branches/")).collect();
+        let mut want: Vec<&str> = branches.lines().collect();
+        recorded.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(recorded, want, "night {n}: a ref for every named branch, closed ones too");
+    }
+    for (n, id, expected, _, _) in &taken {
         let dest = restore_clean(&env, "src", Some(id), &format!("night{n}"));
         assert_eq!(&dump(&dest), expected, "snapshot of night {n} ({id})");
     }
@@ -666,4 +683,29 @@ fn hg_snapshots_through_an_ssh_store_restore_exactly() {
     }
     let out = env.rv(&["verify", "--deep"]);
     assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+}
+
+/// hg stores the revlog of a file whose encoded path is too long under `store/dh/` with a
+/// hashed name, and a file revlog past 128 KiB as `.i` + `.d`: both back up and restore.
+#[test]
+fn long_paths_and_large_files_back_up_and_restore() {
+    let env = new_env();
+    let repo = small_history(&env.path("src"));
+    let long_dir: PathBuf = (1..=6).map(|i| format!("directory-with-a-long-name-{i:02}")).collect();
+    std::fs::create_dir_all(repo.path.join(&long_dir)).unwrap();
+    let long_file = long_dir.join("file-with-a-rather-long-name-too.txt");
+    std::fs::write(repo.path.join(&long_file), "x\n").unwrap();
+    std::fs::write(repo.path.join("Large.bin"), noise_bytes(5, 300_000)).unwrap();
+    repo.commit("a", "long path and large file", &[]);
+    let store = repo.path.join(".hg/store");
+    assert!(files_under(&store.join("dh")).iter().any(|f| f.extension().is_some_and(|e| e == "i")), "a hashed revlog");
+    assert!(store.join("data/_large.bin.d").is_file(), "a split file revlog");
+    repo.update("null");
+    let expected = repo.dump();
+
+    env.backup("src", &repo.path);
+    let dest = restore_clean(&env, "src", None, "restored");
+    assert_eq!(dump(&dest), expected);
+    let content = hg_read(&dest, &["cat", "-r", "tip", &dest.join(&long_file).to_string_lossy()]);
+    assert_eq!(content, "x\n");
 }
