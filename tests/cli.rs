@@ -174,15 +174,15 @@ fn a_store_of_an_unknown_format_is_refused_clearly() {
     let env = Env::new();
     env.init_store();
     let config_path = env.path("store/config");
-    let config = std::fs::read_to_string(&config_path).unwrap().replace("\"format\": 3", "\"format\": 4");
-    assert!(config.contains("\"format\": 4"), "{config}");
+    let config = std::fs::read_to_string(&config_path).unwrap().replace("\"format\": 4", "\"format\": 5");
+    assert!(config.contains("\"format\": 5"), "{config}");
     std::fs::write(&config_path, &config).unwrap();
     let repo = new_repo(&env.path("src"));
     commit_file(&repo, "f", "x", "c");
     for args in [vec!["snapshots"], vec!["backup", &repo.to_string_lossy()], vec!["verify"]] {
         let out = env.rv(&args);
         assert_eq!(code(&out), 2, "{args:?}: {}", stderr(&out));
-        assert!(stderr(&out).contains("format version 4 is not supported"), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("format version 5 is not supported"), "{args:?}: {}", stderr(&out));
     }
     assert_eq!(snapshot_count(&env.path("store")), 0);
 }
@@ -427,4 +427,35 @@ fn a_read_only_store_is_a_usage_error_for_backup_and_forget() {
         assert!(said.contains(&env.store()), "{step} names the store: {said}");
     }
     assert_eq!(snapshot_count(&env.path("store")), 1, "nothing changed");
+}
+
+/// Mercurial snapshots need store format 4: a binary that knows only format 3 would not see
+/// their bundles, and its prune would delete them. A format 3 store refuses them, saying
+/// why, and keeps backing up git repositories.
+#[test]
+fn a_format_3_store_refuses_mercurial_repositories_with_the_reason() {
+    let env = Env::new();
+    env.init_store_format(3);
+    let hg_repo = env.path("docs");
+    let hg = |args: &[&str]| {
+        let out = std::process::Command::new("hg")
+            .args(args)
+            .env("HGPLAIN", "1")
+            .env("HGRCPATH", "")
+            .env("HGUSER", "Test <t@example.org>")
+            .output()
+            .expect("the hg command (scripts/test installs mercurial)");
+        assert!(out.status.success(), "hg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    hg(&["init", hg_repo.to_str().unwrap()]);
+    std::fs::write(hg_repo.join("a"), "a\n").unwrap();
+    hg(&["-R", hg_repo.to_str().unwrap(), "commit", "-q", "-A", "-m", "one"]);
+    let out = env.rv(&["backup", hg_repo.to_str().unwrap()]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("format 3, which cannot hold Mercurial snapshots"), "{}", stderr(&out));
+    let listed = env.rv(&["snapshots", "--json"]);
+    assert_eq!(String::from_utf8_lossy(&listed.stdout).trim(), "[]", "no snapshot recorded");
+    let git_repo = new_repo(&env.path("app"));
+    commit_file(&git_repo, "f", "x", "c");
+    env.backup("app", &git_repo);
 }

@@ -28,7 +28,7 @@ use local::LocalBackend;
 pub use runs::RunRecord;
 
 /// The store format this binary writes into new stores. See docs/FORMAT.md.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// The oldest store format this binary reads and writes. A store keeps the version it was
 /// created with (other binaries may still use it): version 1 gets only self-contained packs,
 /// versions 1 and 2 get snapshots chained to their parents.
@@ -428,6 +428,12 @@ impl Store {
     /// snapshot names only its new data and needs its parent chain.
     pub fn snapshots_are_complete(&self) -> bool {
         self.config.format >= 3
+    }
+
+    /// Whether the store may hold Mercurial snapshots (format 4 on): binaries that know only
+    /// earlier formats do not see their bundles, and their prune would delete them.
+    pub fn holds_mercurial(&self) -> bool {
+        self.config.format >= 4
     }
 
     /// Stores `data` under its BLAKE3 name, compressed with zstd when that saves at least

@@ -34,6 +34,15 @@ const MAX_INHERITED_BUNDLES: usize = 64;
 
 pub fn back_up(job: Job<'_>) -> Result<BackupReport> {
     let Job { store, name, path, source_path, base, limiter } = job;
+    if !store.holds_mercurial() {
+        return Err(crate::error::usage(format!(
+            "store {} is format {}, which cannot hold Mercurial snapshots (repovault versions before format 4 \
+             would not see their data, and their prune would delete it); back up Mercurial repositories into a \
+             store made by `repovault init` of this version",
+            store.location(),
+            store.config().format
+        )));
+    }
     let latest = base.as_ref().and_then(|chain| chain.last()).filter(|l| l.snapshot.vcs == Vcs::Hg);
     let work = WorkDir::new()?;
     for attempt in 1..=ATTEMPTS {
