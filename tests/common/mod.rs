@@ -2,6 +2,7 @@
 //! (the independent oracle), and the real `repovault` binary.
 #![allow(dead_code)]
 
+pub mod hg;
 pub mod pg;
 pub mod sshd;
 
