@@ -115,6 +115,57 @@ fn incremental_base(store: &Store, name: &str) -> Result<Option<Vec<StoredSnapsh
     }
 }
 
+/// Once the streams a snapshot would inherit beyond its first (full) one reach this share
+/// of it, the snapshot is full instead. This bounds what a restore of the newest snapshot
+/// reads (at most 1.15 times a full snapshot's data, however many nights are behind it) and
+/// what `prune --keep-last 1` leaves; what it costs is a full snapshot every so often,
+/// measured in the README.
+const FULL_AFTER_SHARE: (u64, u64) = (15, 100);
+/// And after this many, whatever their size: each costs a read per night.
+const MAX_INHERITED: usize = 64;
+
+/// In a store whose snapshots are complete (format 3), whether a new snapshot of `name`
+/// should inherit the history streams of `latest` (git packs, hg bundles: `sizes` in order)
+/// rather than be full: not when they have grown too many (see [`FULL_AFTER_SHARE`]), and not
+/// when a chunk `latest` names (`chunks`) is missing from `objects/`. The latter is what keeps
+/// prune safe: a chunk a prune moved to its trash after this backup's session began is
+/// protected by the session, but one moved before may be deleted, so it must not be named
+/// again.
+pub(crate) fn worth_inheriting<'c>(
+    store: &Store,
+    name: &str,
+    latest: &StoredSnapshot,
+    sizes: &[u64],
+    chunks: impl Iterator<Item = &'c crate::store::ObjectId>,
+) -> Result<bool> {
+    if let Some((first, later)) = sizes.split_first() {
+        let later_bytes: u64 = later.iter().sum();
+        let (share, of) = FULL_AFTER_SHARE;
+        if sizes.len() >= MAX_INHERITED || later_bytes * of > first * share {
+            tracing::info!(
+                repo = name,
+                streams = sizes.len(),
+                full_bytes = first,
+                later_bytes,
+                "the history stored since the last full snapshot has grown: this backup is a full snapshot"
+            );
+            return Ok(false);
+        }
+    }
+    for chunk in chunks {
+        if !store.has_object(chunk).with_context(|| format!("repository {name}: checking stored chunk {chunk}"))? {
+            tracing::warn!(
+                repo = name,
+                snapshot = latest.id,
+                chunk,
+                "a chunk of the latest snapshot is not in objects/ (a prune moved it aside): this backup is a full snapshot"
+            );
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// Whether a snapshot of `name` from `here` (canonical) may be chained to `chain`, whose
 /// last link was recorded for some source path. A recorded path that cannot be resolved any
 /// more cannot be shown to be this repository: the snapshot is full (safe, only larger).

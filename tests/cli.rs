@@ -436,20 +436,9 @@ fn a_read_only_store_is_a_usage_error_for_backup_and_forget() {
 fn a_format_3_store_refuses_mercurial_repositories_with_the_reason() {
     let env = Env::new();
     env.init_store_format(3);
-    let hg_repo = env.path("docs");
-    let hg = |args: &[&str]| {
-        let out = std::process::Command::new("hg")
-            .args(args)
-            .env("HGPLAIN", "1")
-            .env("HGRCPATH", "")
-            .env("HGUSER", "Test <t@example.org>")
-            .output()
-            .expect("the hg command (scripts/test installs mercurial)");
-        assert!(out.status.success(), "hg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    hg(&["init", hg_repo.to_str().unwrap()]);
-    std::fs::write(hg_repo.join("a"), "a\n").unwrap();
-    hg(&["-R", hg_repo.to_str().unwrap(), "commit", "-q", "-A", "-m", "one"]);
+    let hg_repo = common::hg::HgRepo::empty(&env.path("docs"));
+    hg_repo.commit("a", "one", &[]);
+    let hg_repo = hg_repo.path;
     let out = env.rv(&["backup", hg_repo.to_str().unwrap()]);
     assert_eq!(code(&out), 2, "{}", stderr(&out));
     assert!(stderr(&out).contains("format 3, which cannot hold Mercurial snapshots"), "{}", stderr(&out));

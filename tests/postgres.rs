@@ -1211,30 +1211,14 @@ fn a_snapshot_written_by_a_worker_killed_before_recording_it_counts_as_backed_up
     forge.assert_all_fresh(&["r"]);
 }
 
-/// Runs hg with no user or system configuration; panics with what it said on failure.
-fn hg(args: &[&str]) -> String {
-    let out = std::process::Command::new("hg")
-        .args(args)
-        .env("HGPLAIN", "1")
-        .env("HGRCPATH", "")
-        .env("HGUSER", "Test <t@example.org>")
-        .output()
-        .expect("the hg command (scripts/test installs mercurial)");
-    assert!(out.status.success(), "hg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
 /// A feed row with `vcs = 'hg'` is a Mercurial repository like any other: backed up when the
 /// feed says it changed, and only then; restored; fresh in `lag`.
 #[test]
 fn a_mercurial_repository_in_the_feed_is_backed_up_like_a_git_one() {
     let forge = Forge::new(Via::Direct);
     forge.add_repo("app");
-    let docs = forge.root.join("docs");
-    let d = docs.to_str().unwrap();
-    hg(&["init", d]);
-    std::fs::write(docs.join("a"), "one\n").unwrap();
-    hg(&["-R", d, "commit", "-q", "-A", "-m", "one"]);
+    let docs = hg::HgRepo::empty(&forge.root.join("docs"));
+    docs.commit("a", "one", &[]);
     forge.sql(
         "INSERT INTO repovault.repositories (name, path, vcs, changed_at) VALUES ('docs', 'docs', 'hg', now() - interval '1 hour')",
     );
@@ -1244,8 +1228,7 @@ fn a_mercurial_repository_in_the_feed_is_backed_up_like_a_git_one() {
     let listed = forge.env.rv(&["snapshots", "docs", "--json"]);
     assert!(String::from_utf8_lossy(&listed.stdout).contains("\"vcs\": \"hg\""), "{}", stdout(&listed));
 
-    std::fs::write(docs.join("a"), "one\ntwo\n").unwrap();
-    hg(&["-R", d, "commit", "-q", "-m", "two"]);
+    docs.commit("a", "two", &[]);
     forge.sql("UPDATE repovault.repositories SET changed_at = now() WHERE name = 'docs'");
     let night2 = forge.run_ok(&[]);
     assert_eq!(count(&night2, "backed_up"), 1, "{night2}");
@@ -1254,6 +1237,6 @@ fn a_mercurial_repository_in_the_feed_is_backed_up_like_a_git_one() {
 
     let restored = forge.env.path("restored-docs");
     forge.env.restore("docs", &restored, None);
-    let log = |repo: &Path| hg(&["-R", repo.to_str().unwrap(), "log", "-T", "{node} {phase}\\n"]);
-    assert_eq!(log(&restored), log(&docs));
+    let log = |repo: &Path| hg::hg(repo, &["log", "-T", "{node} {phase}\\n"]);
+    assert_eq!(log(&restored), log(&docs.path));
 }

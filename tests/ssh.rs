@@ -465,42 +465,25 @@ fn signal(pid: u32, signal: &str) {
     assert!(status.success(), "kill -{signal} {pid}");
 }
 
-/// Runs hg with no user or system configuration; panics with what it said on failure.
-fn hg(args: &[&str]) -> String {
-    let out = Command::new("hg")
-        .args(args)
-        .env("HGPLAIN", "1")
-        .env("HGRCPATH", "")
-        .env("HGUSER", "Test <t@example.org>")
-        .output()
-        .expect("the hg command (scripts/test installs mercurial)");
-    assert!(out.status.success(), "hg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
 #[test]
 fn a_mercurial_repository_backs_up_and_restores_over_ssh() {
     let mut env = Env::new();
     let sshd = Sshd::start(&env.path("sshd"));
     env.use_ssh(&sshd);
     env.init_store();
-    let repo = env.path("docs");
-    let r = repo.to_str().unwrap();
-    hg(&["init", r]);
-    std::fs::write(repo.join("a"), "one\n").unwrap();
-    hg(&["-R", r, "commit", "-q", "-A", "-m", "one"]);
-    hg(&["-R", r, "bookmark", "-q", "main"]);
-    let first = env.backup("docs", &repo);
-    std::fs::write(repo.join("a"), "one\ntwo\n").unwrap();
-    hg(&["-R", r, "commit", "-q", "-m", "two"]);
-    hg(&["-R", r, "phase", "-q", "--secret", "--force", "-r", "."]);
-    env.backup("docs", &repo);
+    let docs = common::hg::HgRepo::empty(&env.path("docs"));
+    docs.commit("a", "one", &[]);
+    docs.bookmark("main", ".");
+    let first = env.backup("docs", &docs.path);
+    docs.commit("a", "two", &[]);
+    docs.set_phase("secret", ".");
+    env.backup("docs", &docs.path);
 
-    let log =
-        |repo: &Path| hg(&["-R", repo.to_str().unwrap(), "log", "--hidden", "-T", "{node} {phase} {bookmarks}\\n"]);
+    let log = |repo: &Path| common::hg::hg(repo, &["log", "--hidden", "-T", "{node} {phase} {bookmarks}\\n"]);
+    let repo = &docs.path;
     let restored = env.path("restored");
     env.restore("docs", &restored, None);
-    assert_eq!(log(&restored), log(&repo));
+    assert_eq!(log(&restored), log(repo));
     let old = env.path("restored-first");
     env.restore("docs", &old, Some(&first));
     assert_eq!(log(&old).lines().count(), 1, "{}", log(&old));

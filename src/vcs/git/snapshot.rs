@@ -99,52 +99,14 @@ pub fn back_up(job: Job<'_>) -> Result<BackupReport> {
     }
 }
 
-/// Once the packs a snapshot would inherit beyond its first (full) pack reach this share of
-/// it, the snapshot is full instead. This bounds what a restore of the newest snapshot reads
-/// (at most 1.15 times a full snapshot's packs, however many nights are behind it) and what
-/// `prune --keep-last 1` leaves; what it costs is a full pack every so often, measured in
-/// the README.
-const FULL_AFTER_SHARE: (u64, u64) = (15, 100);
-/// And after this many packs, whatever their size: each costs a read of its index per night.
-const MAX_INHERITED_PACKS: usize = 64;
-
-/// In a store whose snapshots are complete (format 3), whether a new snapshot of `name`
-/// should inherit the packs of its latest one (`chain`, that one snapshot) rather than be
-/// full: not when they have grown too many (see [`FULL_AFTER_SHARE`]), and not when a chunk
-/// they name is missing from `objects/`. The latter is what keeps prune safe: a chunk a
-/// prune moved to its trash after this backup's session began is protected by the session,
-/// but one moved before may be deleted, so it must not be named again.
+/// In a store whose snapshots are complete (format 3), whether a new snapshot should
+/// inherit the packs of its latest one (`chain`, that one snapshot) rather than be full.
 fn worth_inheriting(store: &Store, name: &str, chain: &[StoredSnapshot]) -> Result<bool> {
     let Some(latest) = chain.last() else { return Ok(false) };
     let packs = &latest.snapshot.packs;
-    if let Some((first, later)) = packs.split_first() {
-        let later_bytes: u64 = later.iter().map(|p| p.pack.size).sum();
-        let (share, of) = FULL_AFTER_SHARE;
-        if packs.len() >= MAX_INHERITED_PACKS || later_bytes * of > first.pack.size * share {
-            tracing::info!(
-                repo = name,
-                packs = packs.len(),
-                full_bytes = first.pack.size,
-                later_bytes,
-                "the packs since the last full snapshot have grown: this backup is a full snapshot"
-            );
-            return Ok(false);
-        }
-    }
-    for pack in packs {
-        for chunk in pack.pack.chunks.iter().chain(&pack.index.chunks) {
-            if !store.has_object(chunk).with_context(|| format!("repository {name}: checking stored chunk {chunk}"))? {
-                tracing::warn!(
-                    repo = name,
-                    snapshot = latest.id,
-                    chunk,
-                    "a chunk of the latest snapshot is not in objects/ (a prune moved it aside): this backup is a full snapshot"
-                );
-                return Ok(false);
-            }
-        }
-    }
-    Ok(true)
+    let sizes: Vec<u64> = packs.iter().map(|p| p.pack.size).collect();
+    let chunks = packs.iter().flat_map(|p| p.pack.chunks.iter().chain(&p.index.chunks));
+    crate::backup::worth_inheriting(store, name, latest, &sizes, chunks)
 }
 
 /// The packs a new snapshot names: in a store whose snapshots are complete, the parent's

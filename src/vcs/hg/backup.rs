@@ -27,11 +27,6 @@ use crate::{
 /// bookmarks name changesets it lacks).
 const ATTEMPTS: usize = 3;
 
-/// As for git packs (`vcs::git::snapshot`): once the bundles after the first pass this
-/// share of it, or this many, the snapshot is full again, bounding what a restore applies.
-const FULL_AFTER_SHARE: (u64, u64) = (15, 100);
-const MAX_INHERITED_BUNDLES: usize = 64;
-
 /// `hg bundle` arguments for a full snapshot's stream bundle (without its file). hg refuses
 /// a stream of a repository with secret changesets unless told it may (a server would
 /// otherwise hand them out), and one with markers unless they are asked for.
@@ -193,35 +188,11 @@ pub fn back_up(job: Job<'_>) -> Result<BackupReport> {
     unreachable!("the loop returns or fails on its last attempt")
 }
 
-/// Whether a new snapshot should inherit the bundles of `latest` rather than be full: not
-/// when they have grown too many or too large beside the first, and not when a chunk they
-/// name is missing from `objects/` (a prune moved it aside: naming it again could name a
-/// deleted chunk; see `worth_inheriting` for git).
+/// Whether a new snapshot should inherit the bundles of `latest` rather than be full.
 fn worth_inheriting(store: &Store, name: &str, latest: &StoredSnapshot) -> Result<bool> {
     let bundles = &latest.snapshot.bundles;
-    if let Some((first, later)) = bundles.split_first() {
-        let later_bytes: u64 = later.iter().map(|b| b.bundle.size).sum();
-        let (share, of) = FULL_AFTER_SHARE;
-        if bundles.len() >= MAX_INHERITED_BUNDLES || later_bytes * of > first.bundle.size * share {
-            tracing::info!(
-                repo = name,
-                bundles = bundles.len(),
-                "the bundles since the last full snapshot have grown: this backup is a full snapshot"
-            );
-            return Ok(false);
-        }
-    }
-    for chunk in bundles.iter().flat_map(|b| &b.bundle.chunks) {
-        if !store.has_object(chunk).with_context(|| format!("repository {name}: checking stored chunk {chunk}"))? {
-            tracing::warn!(
-                repo = name,
-                chunk,
-                "a chunk of the latest snapshot is not in objects/ (a prune moved it aside): this backup is a full snapshot"
-            );
-            return Ok(false);
-        }
-    }
-    Ok(true)
+    let sizes: Vec<u64> = bundles.iter().map(|b| b.bundle.size).collect();
+    crate::backup::worth_inheriting(store, name, latest, &sizes, bundles.iter().flat_map(|b| &b.bundle.chunks))
 }
 
 /// Stores `data` as a chunked stream; returns its chunk list, the bytes newly stored and

@@ -23,22 +23,11 @@ pub const KEPT_FILES: [&str; 8] = [
     ".hg/store/obsstore",
 ];
 
-/// The files whose metadata changes on every change a backup must see: a push (the
-/// changelog grows in place), a bookmark, a phase change, markers, a strip, a local tag,
-/// an hgrc edit. Reads (which rewrite `.hg/cache/`) and undo files change none of them.
-const FINGERPRINT_FILES: [&str; 11] = [
-    ".hg/requires",
-    ".hg/store/requires",
-    ".hg/hgrc",
-    ".hg/bookmarks",
-    ".hg/store/bookmarks",
-    ".hg/localtags",
-    ".hg/store/phaseroots",
-    ".hg/store/obsstore",
-    ".hg/store/00changelog.i",
-    ".hg/store/00changelog.d",
-    ".hg/store/00changelog.n",
-];
+/// With [`KEPT_FILES`], the files whose metadata changes on every change a backup must see:
+/// a push grows the changelog in place (and replaces its nodemap docket); bookmarks, phases,
+/// markers, a strip, a local tag, an hgrc edit change the kept files. Reads (which rewrite
+/// `.hg/cache/`) and undo files change none of them.
+const CHANGELOG_FILES: [&str; 3] = [".hg/store/00changelog.i", ".hg/store/00changelog.d", ".hg/store/00changelog.n"];
 
 /// The fingerprint (BLAKE3 over each file's path, size, modification time and inode: hg
 /// replaces some files and grows others in place) and the newest modification time. hg
@@ -46,7 +35,7 @@ const FINGERPRINT_FILES: [&str; 11] = [
 pub fn stat(repo: &Path) -> SourceStat {
     let mut hasher = blake3::Hasher::new();
     let mut newest = SystemTime::UNIX_EPOCH;
-    for file in FINGERPRINT_FILES {
+    for file in KEPT_FILES.iter().chain(&CHANGELOG_FILES) {
         hasher.update(file.as_bytes());
         match std::fs::metadata(repo.join(file)) {
             Ok(meta) => {
