@@ -24,6 +24,8 @@ pub struct Config {
     pub ssh_command: Option<String>,
     /// The repovault binary on the remote host of an ssh:// store.
     pub remote_command: Option<String>,
+    /// How long a request to an ssh:// store may wait for its answer (default 10m).
+    pub ssh_timeout: Option<String>,
     /// SQL returning `name, path, vcs, changed_at` for the change feed.
     pub feed_query: Option<String>,
     /// Base for relative `path` values of the change feed; absolute paths must lie under it.
@@ -73,6 +75,10 @@ pub struct PrunePolicy {
 
 /// How long a dropped database connection is retried by default.
 pub const DEFAULT_DATABASE_RETRY: std::time::Duration = std::time::Duration::from_secs(120);
+/// How long a request to an ssh:// store waits for its answer: long enough for a storage
+/// host's slow fsyncs under load, short enough that a host hung with its link up (an NFS
+/// server gone under it) does not hold a night.
+pub const DEFAULT_SSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl Config {
     /// Reads the file named by `--config` or `REPOVAULT_CONFIG`; no file is an empty config.
@@ -103,6 +109,11 @@ impl Config {
             .map(|v| crate::throttle::parse_duration(v).map_err(|e| usage(format!("config key {key}: {e}"))))
             .transpose()
             .map(|d| d.unwrap_or(default))
+    }
+
+    /// How long a request to an ssh:// store waits for its answer (config key `ssh_timeout`).
+    pub fn ssh_timeout(&self) -> Result<std::time::Duration> {
+        Config::duration("ssh_timeout", self.ssh_timeout.as_deref(), DEFAULT_SSH_TIMEOUT)
     }
 
     /// How long a dropped database connection is retried (config key `database_retry`).

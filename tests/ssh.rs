@@ -265,8 +265,8 @@ fn serve_exits_when_its_client_vanishes() {
     let sshd = Sshd::start(&env.path("sshd"));
     env.use_ssh(&sshd);
     env.init_store();
-    let store = Store::open_with(&env.store_address(), &Access { ssh_command: Some(sshd.rsh()), remote_command: None })
-        .unwrap();
+    let store =
+        Store::open_with(&env.store_address(), &Access { ssh_command: Some(sshd.rsh()), ..Access::default() }).unwrap();
     assert!(store.snapshots(None).unwrap().is_empty());
     let serves = sshd.kill_connections();
     assert_eq!(serves.len(), 1, "one connection, one serve");
@@ -283,8 +283,8 @@ fn a_dropped_connection_is_reconnected_on_the_next_request() {
     let repo = new_repo(&env.path("src"));
     commit_file(&repo, "a.txt", "hello\n", "one");
     let id = env.backup("app", &repo);
-    let store = Store::open_with(&env.store_address(), &Access { ssh_command: Some(sshd.rsh()), remote_command: None })
-        .unwrap();
+    let store =
+        Store::open_with(&env.store_address(), &Access { ssh_command: Some(sshd.rsh()), ..Access::default() }).unwrap();
     assert_eq!(store.snapshots(None).unwrap().len(), 1);
     assert_eq!(sshd.kill_serve_processes(), 1);
     // Reading is sent again on a new connection: the drop does not show.
@@ -376,8 +376,8 @@ fn concurrent_requests_share_a_few_connections() {
     let sshd = Sshd::start(&env.path("sshd"));
     env.use_ssh(&sshd);
     env.init_store();
-    let store = Store::open_with(&env.store_address(), &Access { ssh_command: Some(sshd.rsh()), remote_command: None })
-        .unwrap();
+    let store =
+        Store::open_with(&env.store_address(), &Access { ssh_command: Some(sshd.rsh()), ..Access::default() }).unwrap();
     let most = std::sync::atomic::AtomicUsize::new(0);
     let done = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|scope| {
@@ -414,8 +414,8 @@ fn requests_from_many_threads_are_pipelined_on_one_connection() {
     let sshd = Sshd::start(&env.path("sshd"));
     env.use_ssh(&sshd);
     env.init_store();
-    let store = Store::open_with(&env.store_address(), &Access { ssh_command: Some(sshd.rsh()), remote_command: None })
-        .unwrap();
+    let store =
+        Store::open_with(&env.store_address(), &Access { ssh_command: Some(sshd.rsh()), ..Access::default() }).unwrap();
     let serves = sshd.serve_processes();
     assert_eq!(serves.len(), 1, "opening the store made one connection");
     let id = hash_hex(b"not stored");
@@ -457,6 +457,36 @@ fn unread_input(pid: u32) -> usize {
     let status = unsafe { libc::ioctl(pipe.as_raw_fd(), libc::FIONREAD, &mut unread) };
     assert_eq!(status, 0, "FIONREAD on the stdin of {pid}: {}", std::io::Error::last_os_error());
     unread as usize
+}
+
+/// A storage host that stops answering with its link up (a `serve` stuck on a hung disk)
+/// keeps no request waiting past `ssh_timeout`: the connection is given up, the request
+/// fails as a dropped connection (which `run` retries), and the next one connects again.
+#[test]
+fn a_storage_host_that_stops_answering_fails_the_request_after_ssh_timeout() {
+    let mut env = Env::new();
+    let sshd = Sshd::start(&env.path("sshd"));
+    env.use_ssh(&sshd);
+    env.init_store();
+    let access =
+        Access { ssh_command: Some(sshd.rsh()), request_timeout: Some(Duration::from_secs(2)), ..Access::default() };
+    let store = Store::open_with(&env.store_address(), &access).unwrap();
+    let serves = sshd.serve_processes();
+    assert_eq!(serves.len(), 1);
+    signal(serves[0], "STOP");
+    let started = std::time::Instant::now();
+    // Registering a session begins with creating sessions/, a write, which is not resent.
+    let err = store.ensure_session().unwrap_err();
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_secs(2) && waited < Duration::from_secs(30), "{waited:?}");
+    assert!(format!("{err:#}").contains("no answer from the storage host in 2s (ssh_timeout)"), "{err:#}");
+    let io = err.chain().find_map(|c| c.downcast_ref::<std::io::Error>()).expect("an io error");
+    assert_eq!(io.kind(), std::io::ErrorKind::ConnectionAborted, "{err:#}");
+    assert!(repovault::scheduler::is_transient(&err));
+    store.ensure_session().unwrap();
+    // The stuck serve lost its client: once it runs again it finds its stdin closed and exits.
+    signal(serves[0], "CONT");
+    assert!(exit_within(&serves, Duration::from_secs(10)), "the stuck serve outlived its connection");
 }
 
 /// Sends `signal` (a name kill(1) knows) to `pid`.

@@ -17,7 +17,7 @@ pub struct InitArgs {
 
 pub fn run(ctx: &Context, args: &InitArgs) -> Result<Outcome> {
     let location = ctx.config.store(args.store.store.as_deref())?;
-    match Store::init_with(&location, &ctx.access(&args.store))? {
+    match Store::init_with(&location, &ctx.access(&args.store)?)? {
         InitOutcome::Created => output::notice(&format!("created repovault store at {location}")),
         InitOutcome::AlreadyAStore => {
             output::notice(&format!("{location} is already a repovault store; nothing to do"))

@@ -58,15 +58,16 @@ pub struct Context {
 
 impl Context {
     pub fn open_store(&self, arg: &StoreArg) -> anyhow::Result<crate::store::Store> {
-        crate::store::Store::open_with(&self.config.store(arg.store.as_deref())?, &self.access(arg))
+        crate::store::Store::open_with(&self.config.store(arg.store.as_deref())?, &self.access(arg)?)
     }
 
     /// How to reach an ssh:// store: the flag, then the config file.
-    pub fn access(&self, arg: &StoreArg) -> crate::store::Access {
-        crate::store::Access {
+    pub fn access(&self, arg: &StoreArg) -> anyhow::Result<crate::store::Access> {
+        Ok(crate::store::Access {
             ssh_command: self.config.ssh_command.clone(),
             remote_command: arg.remote_command.clone().or_else(|| self.config.remote_command.clone()),
-        }
+            request_timeout: Some(self.config.ssh_timeout()?),
+        })
     }
 
     /// Where scratch directories are made.

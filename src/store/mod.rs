@@ -304,6 +304,8 @@ pub enum InitOutcome {
 pub struct Access {
     pub ssh_command: Option<String>,
     pub remote_command: Option<String>,
+    /// How long a request waits for its answer (`ssh_timeout`; `None`: the default).
+    pub request_timeout: Option<std::time::Duration>,
 }
 
 fn open_backend(location: &str, access: &Access) -> Result<std::sync::Arc<dyn Backend>> {

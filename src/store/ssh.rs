@@ -94,6 +94,10 @@ pub struct SshBackend {
 struct Shared {
     /// The whole command line: the ssh command, its options, the host and the remote command.
     argv: Vec<String>,
+    /// How long a request (the hello included) waits for its answer before its connection
+    /// is given up: keepalives catch a dead link, this a storage host that hangs with its
+    /// link up.
+    timeout: Duration,
     pool: Mutex<Pool>,
     /// Signalled when a connection is opened or fails to open.
     changed: Condvar,
@@ -147,7 +151,12 @@ impl SshBackend {
         Ok(SshBackend {
             location: url.to_owned(),
             target,
-            shared: Arc::new(Shared { argv, pool: Mutex::new(Pool::default()), changed: Condvar::new() }),
+            shared: Arc::new(Shared {
+                argv,
+                timeout: access.request_timeout.unwrap_or(crate::config::DEFAULT_SSH_TIMEOUT),
+                pool: Mutex::new(Pool::default()),
+                changed: Condvar::new(),
+            }),
         })
     }
 
@@ -164,7 +173,7 @@ impl SshBackend {
             // A retry never takes an open connection: whatever killed one likely killed all.
             let connection = Shared::take(&self.shared, tries > 1)?;
             let started = Instant::now();
-            match connection.exchange(&request, payload) {
+            match connection.exchange(&request, payload, self.shared.timeout) {
                 Ok(answer) => {
                     tracing::trace!(
                         ?request,
@@ -317,22 +326,15 @@ impl Shared {
                 tail.push_back(line);
             }
         });
-        let mut stdin = BufWriter::new(child.stdin.take().expect("piped"));
-        let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+        let stdin = BufWriter::new(child.stdin.take().expect("piped"));
+        let stdout = BufReader::new(child.stdout.take().expect("piped"));
+        let connection = Connection::start(child, stdin, stdout, stderr);
         let hello = Request::Hello {
             magic: MAGIC.into(),
             protocol: PROTOCOL_VERSION,
             version: env!("CARGO_PKG_VERSION").into(),
         };
-        let answer = protocol::write_frame(&mut stdin, &hello, &[])
-            .and_then(|()| stdin.flush())
-            .and_then(|()| protocol::read_frame::<Response>(&mut stdout))
-            .and_then(|frame| {
-                frame.ok_or_else(|| {
-                    io::Error::new(io::ErrorKind::UnexpectedEof, "the remote side closed the connection")
-                })
-            });
-        let connection = Connection::start(child, stdin, stdout, stderr);
+        let answer = connection.exchange(&hello, &[], self.timeout);
         let command = self.argv.join(" ");
         match answer {
             Ok((Response::Hello { magic, protocol, version }, _)) if magic == MAGIC => {
@@ -372,6 +374,16 @@ impl Shared {
 
 fn unexpected(answer: Response) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("unexpected answer from `repovault serve`: {answer:?}"))
+}
+
+/// `timeout` as people write it in the config: `90s`, `10m`.
+fn humantime_secs(timeout: Duration) -> String {
+    let secs = timeout.as_secs();
+    if secs >= 60 && secs.is_multiple_of(60) {
+        format!("{}m", secs / 60)
+    } else {
+        format!("{}s", timeout.as_secs_f64())
+    }
 }
 
 /// What ssh said on stderr, for an error message.
@@ -478,7 +490,9 @@ impl Connection {
         self.state().slots.len()
     }
 
-    fn exchange(&self, request: &Request, payload: &[u8]) -> Answer {
+    /// Sends `request` and waits up to `timeout` for its answer; past that the connection is
+    /// given up (marked dead, ssh killed) and the request fails as timed out.
+    fn exchange(&self, request: &Request, payload: &[u8], timeout: Duration) -> Answer {
         let answer = {
             let mut stdin = self.stdin.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             let (slot, answer) = mpsc::channel();
@@ -498,7 +512,23 @@ impl Connection {
             }
             answer
         };
-        answer.recv().unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the connection ended")))
+        match answer.recv_timeout(timeout) {
+            Ok(answer) => answer,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the connection ended"))
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let why = format!(
+                    "no answer from the storage host in {} (ssh_timeout); the connection is given up",
+                    humantime_secs(timeout)
+                );
+                self.state().fail(io::ErrorKind::TimedOut, why.clone());
+                if let Some(child) = self.child.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).as_mut() {
+                    let _ = child.kill();
+                }
+                Err(io::Error::new(io::ErrorKind::TimedOut, why))
+            }
+        }
     }
 
     /// Ends the connection: stdin closed (a `serve` still there exits), ssh given a moment to
