@@ -55,6 +55,51 @@ fn corrupt_loose_object_fails_naming_it() {
     assert_backup_fails_naming(&env, &repo, &blob);
 }
 
+/// A `.promisor` marker beside a pack (left by a partial clone whose objects were all fetched
+/// since) is not damage: a repository holding every object is backed up and restores.
+#[test]
+fn a_complete_repository_with_a_promisor_marker_is_backed_up() {
+    let env = Env::new();
+    env.init_store();
+    let repo = new_repo(&env.path("src"));
+    commit_file(&repo, "a", "one\n", "one");
+    commit_file(&repo, "b", "two\n", "two");
+    git(&repo, &["repack", "-a", "-d", "-q"]);
+    mark_packs_promisor(&repo);
+    env.backup("src", &repo);
+    env.restore_matches("src", &env.path("restored"), &repo);
+}
+
+/// Missing objects are the damage, marker or not: the backup fails naming the object.
+#[test]
+fn a_promisor_marked_repository_missing_an_object_fails_naming_it() {
+    let env = Env::new();
+    env.init_store();
+    let repo = new_repo(&env.path("src"));
+    commit_file(&repo, "a", "one\n", "one");
+    git(&repo, &["repack", "-a", "-d", "-q"]);
+    mark_packs_promisor(&repo);
+    commit_file(&repo, "lost", "this blob will vanish\n", "two");
+    let blob = git(&repo, &["rev-parse", "HEAD:lost"]).trim().to_owned();
+    std::fs::remove_file(loose_object_path(&repo, &blob)).unwrap();
+    assert_backup_fails_naming(&env, &repo, &blob);
+}
+
+/// Puts an empty `.promisor` file beside each pack, as a partial clone's fetch does.
+fn mark_packs_promisor(repo: &Path) {
+    let pack_dir = repo.join(".git/objects/pack");
+    let packs: Vec<_> = std::fs::read_dir(&pack_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "pack"))
+        .collect();
+    assert!(!packs.is_empty(), "no pack in {}", pack_dir.display());
+    for pack in packs {
+        std::fs::write(pack.with_extension("promisor"), "").unwrap();
+    }
+}
+
 /// Replaces a file git made read-only.
 fn overwrite(path: &Path, bytes: &[u8]) {
     let mut perms = path.metadata().unwrap().permissions();

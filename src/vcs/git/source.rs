@@ -49,7 +49,11 @@ pub fn open(path: &Path) -> Result<gix::Repository> {
             storage.to_str_lossy()
         );
     }
-    if config.string("extensions.partialClone").is_some() || has_promisor_pack(repo.git_dir())? {
+    // A configured promisor remote is refused (objects are missing by design, and git would
+    // fetch them over the network in the middle of a backup). A `.promisor` marker alone is
+    // not: a repository that was once a partial clone may hold every object, and the backup
+    // proves completeness itself, failing on the first missing object by name.
+    if config.string("extensions.partialClone").is_some() {
         bail!(
             "{}: partial clone (promisor remote): objects are missing by design, a backup would be incomplete",
             path.display()
@@ -59,19 +63,6 @@ pub fn open(path: &Path) -> Result<gix::Repository> {
         bail!("{}: shallow repository: its history is incomplete by design, refusing to back it up", path.display());
     }
     Ok(repo)
-}
-
-fn has_promisor_pack(git_dir: &Path) -> Result<bool> {
-    let pack_dir = git_dir.join("objects/pack");
-    let Ok(entries) = std::fs::read_dir(&pack_dir) else {
-        return Ok(false);
-    };
-    for entry in entries {
-        if entry?.file_name().to_string_lossy().ends_with(".promisor") {
-            return Ok(true);
-        }
-    }
-    Ok(false)
 }
 
 fn ref_name(name: &gix::refs::FullNameRef) -> Result<String> {
