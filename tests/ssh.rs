@@ -19,6 +19,22 @@ use std::{
     time::Duration,
 };
 
+/// A test's own sshd, and an initialized store behind it that the test's commands reach.
+fn ssh_env() -> (Env, Sshd) {
+    let mut env = Env::new();
+    let sshd = Sshd::start(&env.path("sshd"));
+    env.use_ssh(&sshd);
+    env.init_store();
+    (env, sshd)
+}
+
+/// The store opened in the test's own process, as commands open it (`request_timeout`:
+/// `ssh_timeout`, `None` for the default).
+fn open_over_ssh(env: &Env, sshd: &Sshd, request_timeout: Option<Duration>) -> Store {
+    let access = Access { ssh_command: Some(sshd.rsh()), request_timeout, ..Access::default() };
+    Store::open_with(&env.store_address(), &access).unwrap()
+}
+
 /// The names of the store's object files: what backups wrote.
 fn object_names(store: &Path) -> Vec<String> {
     let mut names: Vec<String> = files_under(&store.join("objects"))
@@ -96,10 +112,7 @@ fn a_changed_host_key_refuses_the_store_with_ssh_saying_why() {
 
 #[test]
 fn a_protocol_mismatch_names_both_versions() {
-    let mut env = Env::new();
-    let sshd = Sshd::start(&env.path("sshd"));
-    env.use_ssh(&sshd);
-    env.init_store();
+    let (env, sshd) = ssh_env();
 
     // A remote repovault of another protocol version: it answers the hello as every
     // version must, with its own number.
@@ -261,12 +274,8 @@ fn serve_refuses_an_object_whose_payload_does_not_hash_to_its_name() {
 
 #[test]
 fn serve_exits_when_its_client_vanishes() {
-    let mut env = Env::new();
-    let sshd = Sshd::start(&env.path("sshd"));
-    env.use_ssh(&sshd);
-    env.init_store();
-    let store =
-        Store::open_with(&env.store_address(), &Access { ssh_command: Some(sshd.rsh()), ..Access::default() }).unwrap();
+    let (env, sshd) = ssh_env();
+    let store = open_over_ssh(&env, &sshd, None);
     assert!(store.snapshots(None).unwrap().is_empty());
     let serves = sshd.kill_connections();
     assert_eq!(serves.len(), 1, "one connection, one serve");
@@ -276,15 +285,11 @@ fn serve_exits_when_its_client_vanishes() {
 
 #[test]
 fn a_dropped_connection_is_reconnected_on_the_next_request() {
-    let mut env = Env::new();
-    let sshd = Sshd::start(&env.path("sshd"));
-    env.use_ssh(&sshd);
-    env.init_store();
+    let (env, sshd) = ssh_env();
     let repo = new_repo(&env.path("src"));
     commit_file(&repo, "a.txt", "hello\n", "one");
     let id = env.backup("app", &repo);
-    let store =
-        Store::open_with(&env.store_address(), &Access { ssh_command: Some(sshd.rsh()), ..Access::default() }).unwrap();
+    let store = open_over_ssh(&env, &sshd, None);
     assert_eq!(store.snapshots(None).unwrap().len(), 1);
     assert_eq!(sshd.kill_serve_processes(), 1);
     // Reading is sent again on a new connection: the drop does not show.
@@ -318,10 +323,7 @@ fn a_dropped_connection_is_reconnected_on_the_next_request() {
 
 #[test]
 fn a_connection_dropped_mid_run_fails_the_repository_and_run_retries_it() {
-    let mut env = Env::new();
-    let sshd = Sshd::start(&env.path("sshd"));
-    env.use_ssh(&sshd);
-    env.init_store();
+    let (env, sshd) = ssh_env();
     let repo = common::big_repo(&env.path("scan/big"), 6, 2_000_000);
     let scan = env.path("scan").to_string_lossy().into_owned();
     // Slowed down, so that it is still writing objects while its connections are dropped.
@@ -372,12 +374,8 @@ fn remote_command_names_the_binary_on_the_storage_host() {
 
 #[test]
 fn concurrent_requests_share_a_few_connections() {
-    let mut env = Env::new();
-    let sshd = Sshd::start(&env.path("sshd"));
-    env.use_ssh(&sshd);
-    env.init_store();
-    let store =
-        Store::open_with(&env.store_address(), &Access { ssh_command: Some(sshd.rsh()), ..Access::default() }).unwrap();
+    let (env, sshd) = ssh_env();
+    let store = open_over_ssh(&env, &sshd, None);
     let most = std::sync::atomic::AtomicUsize::new(0);
     let done = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|scope| {
@@ -410,12 +408,8 @@ fn concurrent_requests_share_a_few_connections() {
 
 #[test]
 fn requests_from_many_threads_are_pipelined_on_one_connection() {
-    let mut env = Env::new();
-    let sshd = Sshd::start(&env.path("sshd"));
-    env.use_ssh(&sshd);
-    env.init_store();
-    let store =
-        Store::open_with(&env.store_address(), &Access { ssh_command: Some(sshd.rsh()), ..Access::default() }).unwrap();
+    let (env, sshd) = ssh_env();
+    let store = open_over_ssh(&env, &sshd, None);
     let serves = sshd.serve_processes();
     assert_eq!(serves.len(), 1, "opening the store made one connection");
     let id = hash_hex(b"not stored");
@@ -464,10 +458,7 @@ fn unread_input(pid: u32) -> usize {
 /// fails as a dropped connection (which `run` retries), and the next one connects again.
 #[test]
 fn a_storage_host_that_stops_answering_fails_the_request_after_ssh_timeout() {
-    let mut env = Env::new();
-    let sshd = Sshd::start(&env.path("sshd"));
-    env.use_ssh(&sshd);
-    env.init_store();
+    let (env, sshd) = ssh_env();
     let access =
         Access { ssh_command: Some(sshd.rsh()), request_timeout: Some(Duration::from_secs(2)), ..Access::default() };
     let store = Store::open_with(&env.store_address(), &access).unwrap();
@@ -497,10 +488,7 @@ fn signal(pid: u32, signal: &str) {
 
 #[test]
 fn a_mercurial_repository_backs_up_and_restores_over_ssh() {
-    let mut env = Env::new();
-    let sshd = Sshd::start(&env.path("sshd"));
-    env.use_ssh(&sshd);
-    env.init_store();
+    let (env, _sshd) = ssh_env();
     let docs = common::hg::HgRepo::empty(&env.path("docs"));
     docs.commit("a", "one", &[]);
     docs.bookmark("main", ".");
