@@ -137,11 +137,8 @@ impl<'a> ChunkReader<'a> {
             let ids = list.chunks.clone();
             std::thread::spawn(move || {
                 for id in ids {
-                    let data = backend
-                        .read(&object_path(&id))
-                        .ok()
-                        .and_then(|raw| super::decode(&raw).ok())
-                        .filter(|data| hash_hex(data) == id);
+                    let data =
+                        backend.read(&object_path(&id)).ok().and_then(|raw| super::verified_content(&id, &raw).ok());
                     // The reader was dropped (done, or failed): nothing more to fetch.
                     if fetched.send(data).is_err() {
                         return;

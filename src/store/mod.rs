@@ -477,11 +477,7 @@ impl Store {
         let (path, raw) = self.read_object_file(id).with_context(|| {
             format!("store {}: object {} is missing or unreadable", self.location(), object_path(id))
         })?;
-        let data = decode(&raw).with_context(|| format!("store {}: object {path} is damaged", self.location()))?;
-        if hash_hex(&data) != id {
-            bail!("store {}: object {path} is damaged: its content no longer hashes to its name", self.location());
-        }
-        Ok(data)
+        verified_content(id, &raw).with_context(|| format!("store {}: object {path} is damaged", self.location()))
     }
 
     /// The object's file, from `objects/` or a trash batch, and where it was found. Looked for
@@ -857,6 +853,15 @@ fn encode(data: &[u8]) -> Result<Vec<u8>> {
     } else {
         Ok(raw_object(data))
     }
+}
+
+/// The content of object `id` from its file's bytes, when it decodes and hashes to `id`.
+pub(crate) fn verified_content(id: &str, raw: &[u8]) -> Result<Vec<u8>> {
+    let data = decode(raw)?;
+    if hash_hex(&data) != id {
+        bail!("its content no longer hashes to its name");
+    }
+    Ok(data)
 }
 
 pub(crate) fn decode(raw: &[u8]) -> Result<Vec<u8>> {

@@ -141,7 +141,7 @@ pub fn back_up(job: Job<'_>) -> Result<BackupReport> {
                 store_stream(store, content.as_slice(), limiter).with_context(|| format!("storing {file}"))?;
             bytes_read += read;
             bytes_stored += stored;
-            if file.ends_with("/bookmarks") {
+            if source::BOOKMARK_FILES.contains(&file) {
                 bookmarks = Some(content);
             }
             files.insert(file.to_owned(), list);

@@ -37,7 +37,7 @@ impl System for Hg {
             return true;
         }
         // The files were rewritten (same content, new inode or time): compare what they say.
-        let bookmarks = [".hg/bookmarks", ".hg/store/bookmarks"].iter().find_map(|f| std::fs::read(path.join(f)).ok());
+        let bookmarks = source::BOOKMARK_FILES.iter().find_map(|f| std::fs::read(path.join(f)).ok());
         let Ok(refs) = source::refs(path, bookmarks.as_deref()) else { return false };
         let Ok(heads) = source::all_heads(path) else { return false };
         let mut recorded = snapshot.heads.clone();

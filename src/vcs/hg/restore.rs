@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, io::Read, path::Path};
 use anyhow::{Context, Result, bail};
 
 use super::{
-    command::{hg, hg_in, run, run_ok, said},
+    command::{hg, hg_in, run, run_ok},
     requirements,
     source::{self, KEPT_FILES},
 };
@@ -48,10 +48,7 @@ pub fn build(store: &Store, snapshot: &Snapshot, dest: &Path) -> Result<()> {
         }
         let mut unbundle = hg_in(dest, &["unbundle", "-q"]);
         unbundle.args(group);
-        let output = run(unbundle, "applying the bundles (hg unbundle)")?;
-        if !output.status.success() {
-            bail!("applying the bundles (hg unbundle) failed ({}): {}", output.status, said(&output));
-        }
+        run_ok(unbundle, "applying the bundles (hg unbundle)")?;
     }
     for file in &bundle_files {
         std::fs::remove_file(file).with_context(|| format!("removing {}", file.display()))?;

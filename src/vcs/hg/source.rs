@@ -23,6 +23,9 @@ pub const KEPT_FILES: [&str; 8] = [
     ".hg/store/obsstore",
 ];
 
+/// Where the bookmarks file is: `.hg/`, or the store with `bookmarksinstore`.
+pub const BOOKMARK_FILES: [&str; 2] = [".hg/bookmarks", ".hg/store/bookmarks"];
+
 /// With [`KEPT_FILES`], the files whose metadata changes on every change a backup must see:
 /// a push grows the changelog in place (and replaces its nodemap docket); bookmarks, phases,
 /// markers, a strip, a local tag, an hgrc edit change the kept files. Reads (which rewrite
