@@ -115,38 +115,44 @@ fn incremental_base(store: &Store, name: &str) -> Result<Option<Vec<StoredSnapsh
     }
 }
 
-/// Once the streams a snapshot would inherit beyond its first (full) one reach this share
-/// of it, the snapshot is full instead. This bounds what a restore of the newest snapshot
-/// reads (at most 1.15 times a full snapshot's data, however many nights are behind it) and
-/// what `prune --keep-last 1` leaves; what it costs is a full snapshot every so often,
-/// measured in the README.
-const FULL_AFTER_SHARE: (u64, u64) = (15, 100);
+/// Once the streams a snapshot would inherit add up to more than this multiple of a full
+/// snapshot's size (as the source's own packed history estimates it), the snapshot is full
+/// instead. This bounds what a restore of the newest snapshot reads (about 1.5 times a full
+/// snapshot's data, however many nights are behind it) and what `prune --keep-last 1` leaves,
+/// without paying a full snapshot each time a growing repository adds a share of itself:
+/// measured on tokio's history replayed as 15 nights (scripts/bench-history), a full
+/// snapshot once the nights passed 15% of the last full one took 7 full snapshots, 39 of the
+/// 50 MiB stored, 4.1 times git's own incremental bundles.
+const FULL_AFTER: (u64, u64) = (3, 2);
 /// And after this many, whatever their size: each costs a read per night.
 const MAX_INHERITED: usize = 64;
 
 /// In a store whose snapshots are complete (format 3), whether a new snapshot of `name`
 /// should inherit the history streams of `latest` (git packs, hg bundles: `sizes` in order)
-/// rather than be full: not when they have grown too many (see [`FULL_AFTER_SHARE`]), and not
-/// when a chunk `latest` names (`chunks`) is missing from `objects/`. The latter is what keeps
-/// prune safe: a chunk a prune moved to its trash after this backup's session began is
-/// protected by the session, but one moved before may be deleted, so it must not be named
-/// again.
+/// rather than be full: not when they have grown too many or too large against
+/// `source_bytes`, the size of the source's packed history (see [`FULL_AFTER`]; the first
+/// stream, a full one, stands in when the source's is smaller), and not when a chunk
+/// `latest` names (`chunks`) is missing from `objects/`. The latter is what keeps prune safe:
+/// a chunk a prune moved to its trash after this backup's session began is protected by the
+/// session, but one moved before may be deleted, so it must not be named again.
 pub(crate) fn worth_inheriting<'c>(
     store: &Store,
     name: &str,
     latest: &StoredSnapshot,
     sizes: &[u64],
+    source_bytes: u64,
     chunks: impl Iterator<Item = &'c crate::store::ObjectId>,
 ) -> Result<bool> {
-    if let Some((first, later)) = sizes.split_first() {
-        let later_bytes: u64 = later.iter().sum();
-        let (share, of) = FULL_AFTER_SHARE;
-        if sizes.len() >= MAX_INHERITED || later_bytes * of > first * share {
+    if let Some(first) = sizes.first() {
+        let stored: u64 = sizes.iter().sum();
+        let full_estimate = source_bytes.max(*first);
+        let (times, over) = FULL_AFTER;
+        if sizes.len() >= MAX_INHERITED || stored * over > full_estimate * times {
             tracing::info!(
                 repo = name,
                 streams = sizes.len(),
-                full_bytes = first,
-                later_bytes,
+                stored,
+                full_estimate,
                 "the history stored since the last full snapshot has grown: this backup is a full snapshot"
             );
             return Ok(false);

@@ -33,6 +33,7 @@ use super::{
     pack_writer::PackWriter,
     rev_list,
     source::RefState,
+    stored_objects::StoredObjects,
 };
 use crate::{
     snapshot::PackRecord,
@@ -254,7 +255,12 @@ enum Index {
 /// from the refs until packed commits; each is paired with its first parent by path, as an
 /// incremental snapshot's new commits are, so that its loose objects become deltas against
 /// the versions before them.
-fn loose_deltas(handle: &Handle, packs: &[SourcePack], refs: &RefState, counted: &[ObjectId]) -> Result<DeltaBases> {
+fn loose_deltas(
+    handle: &Handle,
+    packs: &[SourcePack],
+    refs: &RefState,
+    counted: &[ObjectId],
+) -> Result<DeltaBases<'static>> {
     let mut loose_commits = Vec::new();
     let mut seen = HashSet::new();
     let mut queue: Vec<ObjectId> = refs.tips().collect();
@@ -283,7 +289,7 @@ fn loose_deltas(handle: &Handle, packs: &[SourcePack], refs: &RefState, counted:
     }
     let new_objects: gix::hashtable::HashSet<ObjectId> = counted.iter().copied().collect();
     let bases = delta_bases::choose(handle, &loose_commits, &new_objects)?;
-    Ok(DeltaBases { bases, new_objects, thin_allowed: false })
+    Ok(DeltaBases { bases, new_objects, thin_allowed: false, stored: None })
 }
 
 /// A debug line per phase, with the resident memory: what `scripts/bench` profiles.
@@ -347,6 +353,7 @@ pub fn write_pack(
     repo: gix::Repository,
     refs: &RefState,
     previous: Option<&Previous>,
+    stored: Option<&StoredObjects<'_>>,
     limiter: Option<&RateLimiter>,
 ) -> Result<PackOutcome> {
     let full = previous.is_none();
@@ -389,13 +396,11 @@ pub fn write_pack(
     let num_objects = u32::try_from(counted.len()).context("more than 2^32 objects in one pack")?;
     let deltas = if full {
         loose_deltas(&handle, &source_packs, refs, &counted).context("choosing delta bases for loose objects")?
-    } else if new_commits.is_empty() {
-        DeltaBases::default()
     } else {
         let new_objects: gix::hashtable::HashSet<ObjectId> = counted.iter().copied().collect();
         let bases = delta_bases::choose(&handle, &new_commits, &new_objects).context("choosing delta bases")?;
         // Only stores of format 2 on may hold deltas against earlier snapshots (thin packs).
-        DeltaBases { bases, new_objects, thin_allowed: store.supports_thin_packs() }
+        DeltaBases { bases, new_objects, thin_allowed: store.supports_thin_packs(), stored }
     };
 
     // A first snapshot of a source that is one pack, all of it reachable (what a repack
