@@ -552,3 +552,29 @@ fn a_source_delta_against_a_stored_object_is_kept_across_a_rename() {
     let verify = env.rv(&["verify", "--deep"]);
     assert_eq!(code(&verify), 0, "{}", stderr(&verify));
 }
+
+/// A commit that brings back what an older snapshot already holds (a revert: its tree and
+/// file are the first commit's again) stores only what is new: the commit itself. Diffing
+/// the commit against its parent lists the tree and the file too; the chain has them.
+#[test]
+fn a_revert_stores_only_its_commit() {
+    let env = Env::new();
+    env.init_store();
+    let repo = new_repo(&env.path("src"));
+    commit_file(&repo, "big.txt", &noise_text(40, 100_000), "a big file");
+    let original = noise_text(41, 2_000);
+    commit_file(&repo, "small.txt", &original, "original");
+    env.backup("src", &repo);
+    commit_file(&repo, "small.txt", &noise_text(42, 2_000), "rewritten");
+    env.backup("src", &repo);
+    commit_file(&repo, "small.txt", &original, "reverted");
+    env.backup("src", &repo);
+
+    let latest = latest_manifest(&env, "src");
+    let packs = latest["packs"].as_array().unwrap();
+    assert_eq!(packs.len(), 3, "{latest}");
+    assert_eq!(packs[2]["objects"], 1, "the revert's pack holds its commit alone: {}", packs[2]);
+    env.restore_matches("src", &env.path("out"), &repo);
+    let verify = env.rv(&["verify", "--deep"]);
+    assert_eq!(code(&verify), 0, "{}", stderr(&verify));
+}
