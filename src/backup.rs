@@ -115,39 +115,50 @@ fn incremental_base(store: &Store, name: &str) -> Result<Option<Vec<StoredSnapsh
     }
 }
 
-/// Once the streams a snapshot would inherit add up to more than this multiple of a full
-/// snapshot's size (as the source's own packed history estimates it), the snapshot is full
-/// instead. This bounds what a restore of the newest snapshot reads (about 1.5 times a full
-/// snapshot's data, however many nights are behind it) and what `prune --keep-last 1` leaves,
-/// without paying a full snapshot each time a growing repository adds a share of itself:
-/// measured on tokio's history replayed as 15 nights (scripts/bench-history), a full
-/// snapshot once the nights passed 15% of the last full one took 7 full snapshots, 39 of the
-/// 50 MiB stored, 4.1 times git's own incremental bundles.
-const FULL_AFTER: (u64, u64) = (3, 2);
+/// How large the streams a snapshot inherits may grow before it is full instead, in percent
+/// of a full snapshot's size (as the source's own packed history estimates it): a bound on
+/// what a restore of the newest snapshot reads, however many nights are behind it, and on
+/// what `prune --keep-last 1` leaves. Each version control system sets its own, by what a
+/// restore pays for an increment.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FullAfter(pub u64);
+
+impl FullAfter {
+    /// git: a thin pack restores at the speed of a full one (its entries are joined as
+    /// they are), so only bytes count. Measured on tokio's history replayed as 15 nights
+    /// (scripts/bench-history), a full snapshot once the nights passed 15% of the last full
+    /// one took 7 full snapshots, 39 of the 50 MiB stored, 4.1 times git's own incremental
+    /// bundles; at 150% of the source's packs, none.
+    pub const GIT: FullAfter = FullAfter(150);
+    /// Mercurial: a stream bundle restores at a quarter of `hg clone`'s time, a changegroup
+    /// at about a clone's (hg unbundle applies it revision by revision), so increments stay
+    /// a small share (scripts/bench-hg, restore of the latest night).
+    pub const HG: FullAfter = FullAfter(115);
+}
+
 /// And after this many, whatever their size: each costs a read per night.
 const MAX_INHERITED: usize = 64;
 
 /// In a store whose snapshots are complete (format 3), whether a new snapshot of `name`
 /// should inherit the history streams of `latest` (git packs, hg bundles: `sizes` in order)
-/// rather than be full: not when they have grown too many or too large against
-/// `source_bytes`, the size of the source's packed history (see [`FULL_AFTER`]; the first
-/// stream, a full one, stands in when the source's is smaller), and not when a chunk
-/// `latest` names (`chunks`) is missing from `objects/`. The latter is what keeps prune safe:
-/// a chunk a prune moved to its trash after this backup's session began is protected by the
-/// session, but one moved before may be deleted, so it must not be named again.
+/// rather than be full: not when they have grown too many or larger than `full_after` of
+/// `source_bytes`, the size of the source's packed history (the first stream, a full one,
+/// stands in when the source's is smaller), and not when a chunk `latest` names (`chunks`)
+/// is missing from `objects/`. The latter is what keeps prune safe: a chunk a prune moved
+/// to its trash after this backup's session began is protected by the session, but one
+/// moved before may be deleted, so it must not be named again.
 pub(crate) fn worth_inheriting<'c>(
     store: &Store,
     name: &str,
     latest: &StoredSnapshot,
     sizes: &[u64],
-    source_bytes: u64,
+    (source_bytes, full_after): (u64, FullAfter),
     chunks: impl Iterator<Item = &'c crate::store::ObjectId>,
 ) -> Result<bool> {
     if let Some(first) = sizes.first() {
         let stored: u64 = sizes.iter().sum();
         let full_estimate = source_bytes.max(*first);
-        let (times, over) = FULL_AFTER;
-        if sizes.len() >= MAX_INHERITED || stored * over > full_estimate * times {
+        if sizes.len() >= MAX_INHERITED || stored * 100 > full_estimate * full_after.0 {
             tracing::info!(
                 repo = name,
                 streams = sizes.len(),

@@ -7,7 +7,7 @@ use anyhow::{Result, anyhow, bail};
 use chrono::Utc;
 
 use crate::{
-    backup::{BackupReport, Job, hostname},
+    backup::{BackupReport, FullAfter, Job, hostname},
     snapshot::{Snapshot, Vcs},
     store::{Store, StoredSnapshot},
     vcs::git::{self, backup::Previous, stored_objects::StoredObjects},
@@ -108,7 +108,7 @@ fn worth_inheriting(store: &Store, name: &str, chain: &[StoredSnapshot], path: &
     let sizes: Vec<u64> = packs.iter().map(|p| p.pack.size).collect();
     let chunks = packs.iter().flat_map(|p| p.pack.chunks.iter().chain(&p.index.chunks));
     let source_bytes = git::source::open(path).map(|repo| packed_bytes(repo.git_dir())).unwrap_or(0);
-    crate::backup::worth_inheriting(store, name, latest, &sizes, source_bytes, chunks)
+    crate::backup::worth_inheriting(store, name, latest, &sizes, (source_bytes, FullAfter::GIT), chunks)
 }
 
 /// The bytes of the source's packs: about what a full snapshot of it stores. Loose objects

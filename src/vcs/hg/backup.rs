@@ -17,7 +17,7 @@ use super::{
     source::{self, KEPT_FILES},
 };
 use crate::{
-    backup::{BackupReport, Job, hostname},
+    backup::{BackupReport, FullAfter, Job, hostname},
     snapshot::{BundleRecord, Snapshot, Vcs},
     store::{Store, StoredSnapshot, chunker::ChunkedWriter},
 };
@@ -196,7 +196,7 @@ fn worth_inheriting(store: &Store, name: &str, latest: &StoredSnapshot, source_b
     let bundles = &latest.snapshot.bundles;
     let sizes: Vec<u64> = bundles.iter().map(|b| b.bundle.size).collect();
     let chunks = bundles.iter().flat_map(|b| &b.bundle.chunks);
-    crate::backup::worth_inheriting(store, name, latest, &sizes, source_bytes, chunks)
+    crate::backup::worth_inheriting(store, name, latest, &sizes, (source_bytes, FullAfter::HG), chunks)
 }
 
 /// Stores `data` as a chunked stream; returns its chunk list, the bytes newly stored and
