@@ -1,7 +1,10 @@
 //! A git snapshot: what the backup of one git repository does once the shared steps
 //! (`crate::backup`) chose the snapshot it builds on.
 
-use std::{collections::BTreeSet, path::Path};
+use std::{
+    collections::{BTreeSet, HashMap},
+    path::Path,
+};
 
 use anyhow::{Context, Result, anyhow, bail};
 use chrono::Utc;
@@ -20,18 +23,94 @@ const ATTEMPTS: usize = 3;
 /// Backs up a git repository: a pack of what is new since the base's refs (in format 3
 /// stores, with the packs it inherits named too), then the snapshot.
 pub fn back_up(job: Job<'_>) -> Result<BackupReport> {
+    back_up_with(job, None)
+}
+
+/// The real chain a speculating backup builds on, once the store said it.
+type Confirm<'a> = Box<dyn FnOnce() -> Result<Option<Vec<StoredSnapshot>>> + 'a>;
+
+/// [`back_up`] on a base that is only a guess (`job.base`: the latest snapshot cached on
+/// this host), while `confirm` reads the real one from the store. The source is read and the
+/// new objects are stored against the guess; before anything is committed the guess is
+/// compared with the real base (by id: the hash of the manifest's bytes), and when they
+/// differ the backup starts again on the real one: the objects stored for the guess are
+/// left for prune, and nothing names them. The store's session starts before anything is
+/// read from or written to it (`Store::require_session_for_writes`).
+pub fn back_up_speculating<'a>(
+    job: Job<'a>,
+    confirm: impl FnOnce() -> Result<Option<Vec<StoredSnapshot>>> + 'a,
+) -> Result<BackupReport> {
+    back_up_with(job, Some(Box::new(confirm)))
+}
+
+fn latest_id(base: &Option<Vec<StoredSnapshot>>) -> Option<&str> {
+    base.as_ref().and_then(|chain| chain.last()).map(|latest| latest.id.as_str())
+}
+
+/// Pack indexes read ahead, by pack checksum.
+type Indexes = HashMap<String, Vec<u8>>;
+
+fn back_up_with(job: Job<'_>, confirm: Option<Confirm<'_>>) -> Result<BackupReport> {
+    let speculating = confirm.is_some();
+    std::thread::scope(|scope| {
+        // A speculating backup's thin deltas are checked against the guessed base's pack
+        // indexes once the guess is confirmed: they are read meanwhile, as soon as the
+        // connection is open, rather than after the pack (on a store on another host, the
+        // largest read of an incremental backup).
+        let prefetch = match (&job.base, speculating) {
+            (Some(chain), true) => {
+                let chain = chain.clone();
+                let store = job.store;
+                // After the session: its requests are the ones the writes wait for, and
+                // answers come in the order asked.
+                Some(scope.spawn(move || {
+                    store.ensure_session()?;
+                    read_indexes(store, &chain)
+                }))
+            }
+            _ => None,
+        };
+        back_up_in(job, confirm, prefetch)
+    })
+}
+
+/// The pack indexes of the packs `chain` names.
+fn read_indexes(store: &Store, chain: &[StoredSnapshot]) -> Result<Indexes> {
+    let mut indexes = Indexes::new();
+    for link in chain {
+        for pack in &link.snapshot.packs {
+            indexes.insert(pack.checksum.clone(), read_index(store, link, pack)?);
+        }
+    }
+    Ok(indexes)
+}
+
+fn read_index(store: &Store, link: &StoredSnapshot, pack: &crate::snapshot::PackRecord) -> Result<Vec<u8>> {
+    let mut index = Vec::new();
+    std::io::Read::read_to_end(&mut crate::store::chunker::ChunkReader::new(store, &pack.index), &mut index)
+        .with_context(|| format!("snapshot {}: reading the index of pack {}", link.id, pack.checksum))?;
+    Ok(index)
+}
+
+fn back_up_in(
+    job: Job<'_>,
+    mut confirm: Option<Confirm<'_>>,
+    mut prefetch: Option<std::thread::ScopedJoinHandle<'_, Result<Indexes>>>,
+) -> Result<BackupReport> {
     let Job { store, name, path, source_path, mut base, limiter } = job;
+    let guessed = latest_id(&base).map(str::to_owned);
+    // A guessed base's chunks are checked once the guess is confirmed, inside the session.
     if store.snapshots_are_complete()
         && let Some(chain) = &base
-        && !worth_inheriting(store, name, chain)?
+        && !worth_inheriting(store, name, chain, confirm.is_none())?
     {
         base = None;
     }
-    let parent = base.as_ref().and_then(|chain| chain.last());
-    let previous = parent.map(|p| previous_of(&p.snapshot)).transpose()?;
     let mut attempt = 0;
     loop {
         attempt += 1;
+        let parent = base.as_ref().and_then(|chain| chain.last());
+        let previous = parent.map(|p| previous_of(&p.snapshot)).transpose()?;
         let repo = git::source::open(path)?;
         let git_dir = repo.git_dir().to_owned();
         let packs_before = pack_files(&git_dir);
@@ -52,14 +131,49 @@ pub fn back_up(job: Job<'_>) -> Result<BackupReport> {
         let result = git::backup::write_pack(store, repo, &refs, previous.as_ref(), limiter);
         let outcome = match result {
             Ok(outcome) => outcome,
+            // The store's own error (stale cache, unreachable) says what happened: the
+            // source is not at fault.
+            Err(e) if crate::store::is_stale_cache(&e) || crate::error::is_usage(&e) => return Err(e),
             Err(e) if attempt < ATTEMPTS && pack_files(&git_dir) != packs_before => {
                 tracing::warn!(repo = name, error = %format!("{e:#}"), "source packs changed during the backup; retrying");
                 continue;
             }
             Err(e) => return Err(with_culprit(e, path, &refs)),
         };
+        if let Some(confirm) = confirm.take() {
+            let mut real = confirm()?;
+            if latest_id(&real) != guessed.as_deref() {
+                tracing::info!(
+                    repo = name,
+                    cached = guessed,
+                    latest = latest_id(&real),
+                    "the latest snapshot cached on this host is not the store's: reading the source again against the store's"
+                );
+                if let Some(chain) = &real
+                    && !worth_inheriting(store, name, chain, true)?
+                {
+                    real = None;
+                }
+                base = real;
+                attempt = 0;
+                continue;
+            }
+            if let Some(chain) = &base
+                && !worth_inheriting(store, name, chain, true)?
+            {
+                base = None;
+                attempt = 0;
+                continue;
+            }
+        }
         if let Some(chain) = &base {
-            check_thin_bases(store, chain, &outcome.thin_bases)?;
+            // Read ahead for the guessed base; of no use for another.
+            let indexes = prefetch
+                .take()
+                .filter(|_| latest_id(&base) == guessed.as_deref())
+                .and_then(|read| read.join().ok())
+                .and_then(|read| read.inspect_err(|e| tracing::debug!("reading pack indexes ahead: {e:#}")).ok());
+            check_thin_bases(store, chain, &outcome.thin_bases, indexes.as_ref())?;
         }
         let snapshot = Snapshot {
             repo: name.to_owned(),
@@ -100,12 +214,16 @@ pub fn back_up(job: Job<'_>) -> Result<BackupReport> {
 }
 
 /// In a store whose snapshots are complete (format 3), whether a new snapshot should
-/// inherit the packs of its latest one (`chain`, that one snapshot) rather than be full.
-fn worth_inheriting(store: &Store, name: &str, chain: &[StoredSnapshot]) -> Result<bool> {
+/// inherit the packs of its latest one (`chain`, that one snapshot) rather than be full;
+/// without `check_chunks`, by their sizes alone (no look into the store).
+fn worth_inheriting(store: &Store, name: &str, chain: &[StoredSnapshot], check_chunks: bool) -> Result<bool> {
     let Some(latest) = chain.last() else { return Ok(false) };
     let packs = &latest.snapshot.packs;
     let sizes: Vec<u64> = packs.iter().map(|p| p.pack.size).collect();
     let chunks = packs.iter().flat_map(|p| p.pack.chunks.iter().chain(&p.index.chunks));
+    if !check_chunks {
+        return Ok(!crate::backup::grown_too_much(name, &sizes));
+    }
     crate::backup::worth_inheriting(store, name, latest, &sizes, chunks)
 }
 
@@ -123,16 +241,22 @@ fn packs_needed(
 /// A thin pack's deltas name bases in earlier snapshots; restore finds them there. Before
 /// the snapshot is committed, every one of them must be in a pack index of the chain: a
 /// snapshot that could not be restored must never be written.
-fn check_thin_bases(store: &Store, chain: &[StoredSnapshot], bases: &[gix::ObjectId]) -> Result<()> {
+fn check_thin_bases(
+    store: &Store,
+    chain: &[StoredSnapshot],
+    bases: &[gix::ObjectId],
+    read_ahead: Option<&Indexes>,
+) -> Result<()> {
     if bases.is_empty() {
         return Ok(());
     }
     let mut missing: Vec<gix::ObjectId> = bases.to_vec();
     for link in chain.iter().rev() {
         for pack in &link.snapshot.packs {
-            let mut index = Vec::new();
-            std::io::Read::read_to_end(&mut crate::store::chunker::ChunkReader::new(store, &pack.index), &mut index)
-                .with_context(|| format!("snapshot {}: reading the index of pack {}", link.id, pack.checksum))?;
+            let index = match read_ahead.and_then(|indexes| indexes.get(&pack.checksum)) {
+                Some(index) => std::borrow::Cow::Borrowed(index),
+                None => std::borrow::Cow::Owned(read_index(store, link, pack)?),
+            };
             let mut still_missing = Vec::new();
             for id in missing {
                 let found = git::pack_index::contains_v2(&index, &id)
