@@ -30,10 +30,10 @@ pub struct Cache {
 impl Cache {
     /// The cache of the store at `location`; `None` when there is no home for caches.
     pub fn for_store(location: &str) -> Option<Cache> {
-        let root = std::env::var_os("XDG_CACHE_HOME")
-            .filter(|dir| Path::new(dir).is_absolute())
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").filter(|home| !home.is_empty()).map(|h| Path::new(&h).join(".cache")))?;
+        let root =
+            std::env::var_os("XDG_CACHE_HOME").filter(|dir| Path::new(dir).is_absolute()).map(PathBuf::from).or_else(
+                || std::env::var_os("HOME").filter(|home| !home.is_empty()).map(|h| Path::new(&h).join(".cache")),
+            )?;
         Some(Cache { dir: root.join("repovault").join(&hash_hex(location.as_bytes())[..32]) })
     }
 

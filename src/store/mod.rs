@@ -435,6 +435,13 @@ impl Store {
         backend
             .write_new(CONFIG_PATH, &serde_json::to_vec_pretty(&config)?)
             .with_context(|| format!("store {location}: cannot write its config file"))?;
+        // Whatever was cached for a store that was here before is of another store.
+        if location.starts_with("ssh://")
+            && let Some(cache) = cache::Cache::for_store(location)
+        {
+            cache.clear();
+            cache.save_config(&config);
+        }
         Ok(InitOutcome::Created)
     }
 
