@@ -636,3 +636,54 @@ fn a_store_made_anew_at_the_cached_place_is_not_taken_for_the_old_one() {
     env.restore_matches("app", &env.path("restored"), &repo);
     env.rv_ok(&["verify"]);
 }
+
+#[test]
+fn an_incremental_backup_checks_its_delta_bases_on_the_storage_host() {
+    let (env, _sshd) = ssh_env();
+    let repo = new_repo(&env.path("src"));
+    let text = common::noise_text(3, 300_000);
+    commit_file(&repo, "big.txt", &text, "big");
+    env.backup("app", &repo);
+    // A small change to a large file: its new version is a delta against the stored one.
+    commit_file(&repo, "big.txt", &format!("{text}one more line\n"), "grow");
+    let out = env
+        .rv_command(&["backup", "--name", "app", &repo.to_string_lossy()])
+        .env("REPOVAULT_LOG", "repovault=trace")
+        .output()
+        .unwrap();
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    let bases: u64 = log
+        .split("thin_bases=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("the backup logs its thin delta bases");
+    assert!(bases > 0, "the new pack has thin deltas:\n{log}");
+    assert!(log.contains("request=IndexLacks"), "the storage host was asked:\n{log}");
+    let read_objects = log.lines().filter(|l| l.contains("request=Read { path: \"objects/")).count();
+    assert_eq!(read_objects, 0, "no pack index was brought over the link:\n{log}");
+    env.restore_matches("app", &env.path("restored"), &repo);
+}
+
+#[test]
+fn serve_says_which_ids_a_stored_pack_index_lacks() {
+    let env = Env::new();
+    env.init_store();
+    let repo = new_repo(&env.path("src"));
+    let listed = commit_file(&repo, "a.txt", "a\n", "one");
+    env.backup("app", &repo);
+    let store = Store::open(&env.store()).unwrap();
+    let snapshot = store.latest_snapshot("app").unwrap().unwrap().snapshot;
+    let chunks = snapshot.packs[0].index.chunks.clone();
+    let absent = "1234567890123456789012345678901234567890".to_owned();
+    let mut serve = Serve::start(&env.path("store"));
+    serve.hello(PROTOCOL_VERSION);
+    let (answer, _) =
+        serve.send(&Request::IndexLacks { chunks: chunks.clone(), ids: vec![listed, absent.clone()] }, &[]);
+    assert_eq!(answer, Response::Names { names: vec![absent] });
+    // Only object names are read: anything else is refused, as paths outside the store are.
+    let (answer, _) = serve.send(&Request::IndexLacks { chunks: vec!["../config".into()], ids: vec![] }, &[]);
+    assert!(error_message(answer).contains("not an object name"));
+    assert!(serve.finish().status.success());
+}

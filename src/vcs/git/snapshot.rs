@@ -1,10 +1,7 @@
 //! A git snapshot: what the backup of one git repository does once the shared steps
 //! (`crate::backup`) chose the snapshot it builds on.
 
-use std::{
-    collections::{BTreeSet, HashMap},
-    path::Path,
-};
+use std::{collections::BTreeSet, path::Path};
 
 use anyhow::{Context, Result, anyhow, bail};
 use chrono::Utc;
@@ -47,56 +44,7 @@ fn latest_id(base: &Option<Vec<StoredSnapshot>>) -> Option<&str> {
     base.as_ref().and_then(|chain| chain.last()).map(|latest| latest.id.as_str())
 }
 
-/// Pack indexes read ahead, by pack checksum.
-type Indexes = HashMap<String, Vec<u8>>;
-
-fn back_up_with(job: Job<'_>, confirm: Option<Confirm<'_>>) -> Result<BackupReport> {
-    let speculating = confirm.is_some();
-    std::thread::scope(|scope| {
-        // A speculating backup's thin deltas are checked against the guessed base's pack
-        // indexes once the guess is confirmed: they are read meanwhile, as soon as the
-        // connection is open, rather than after the pack (on a store on another host, the
-        // largest read of an incremental backup).
-        let prefetch = match (&job.base, speculating) {
-            (Some(chain), true) => {
-                let chain = chain.clone();
-                let store = job.store;
-                // After the session: its requests are the ones the writes wait for, and
-                // answers come in the order asked.
-                Some(scope.spawn(move || {
-                    store.ensure_session()?;
-                    read_indexes(store, &chain)
-                }))
-            }
-            _ => None,
-        };
-        back_up_in(job, confirm, prefetch)
-    })
-}
-
-/// The pack indexes of the packs `chain` names.
-fn read_indexes(store: &Store, chain: &[StoredSnapshot]) -> Result<Indexes> {
-    let mut indexes = Indexes::new();
-    for link in chain {
-        for pack in &link.snapshot.packs {
-            indexes.insert(pack.checksum.clone(), read_index(store, link, pack)?);
-        }
-    }
-    Ok(indexes)
-}
-
-fn read_index(store: &Store, link: &StoredSnapshot, pack: &crate::snapshot::PackRecord) -> Result<Vec<u8>> {
-    let mut index = Vec::new();
-    std::io::Read::read_to_end(&mut crate::store::chunker::ChunkReader::new(store, &pack.index), &mut index)
-        .with_context(|| format!("snapshot {}: reading the index of pack {}", link.id, pack.checksum))?;
-    Ok(index)
-}
-
-fn back_up_in(
-    job: Job<'_>,
-    mut confirm: Option<Confirm<'_>>,
-    mut prefetch: Option<std::thread::ScopedJoinHandle<'_, Result<Indexes>>>,
-) -> Result<BackupReport> {
+fn back_up_with(job: Job<'_>, mut confirm: Option<Confirm<'_>>) -> Result<BackupReport> {
     let Job { store, name, path, source_path, mut base, limiter } = job;
     let guessed = latest_id(&base).map(str::to_owned);
     // A guessed base's chunks are checked once the guess is confirmed, inside the session.
@@ -167,13 +115,7 @@ fn back_up_in(
             }
         }
         if let Some(chain) = &base {
-            // Read ahead for the guessed base; of no use for another.
-            let indexes = prefetch
-                .take()
-                .filter(|_| latest_id(&base) == guessed.as_deref())
-                .and_then(|read| read.join().ok())
-                .and_then(|read| read.inspect_err(|e| tracing::debug!("reading pack indexes ahead: {e:#}")).ok());
-            check_thin_bases(store, chain, &outcome.thin_bases, indexes.as_ref())?;
+            check_thin_bases(store, chain, &outcome.thin_bases)?;
         }
         let snapshot = Snapshot {
             repo: name.to_owned(),
@@ -241,22 +183,26 @@ fn packs_needed(
 /// A thin pack's deltas name bases in earlier snapshots; restore finds them there. Before
 /// the snapshot is committed, every one of them must be in a pack index of the chain: a
 /// snapshot that could not be restored must never be written.
-fn check_thin_bases(
-    store: &Store,
-    chain: &[StoredSnapshot],
-    bases: &[gix::ObjectId],
-    read_ahead: Option<&Indexes>,
-) -> Result<()> {
+/// On a store on another host the storage host looks into the indexes itself (an index is
+/// megabytes for a large repository, the largest read of an incremental backup).
+fn check_thin_bases(store: &Store, chain: &[StoredSnapshot], bases: &[gix::ObjectId]) -> Result<()> {
     if bases.is_empty() {
         return Ok(());
     }
     let mut missing: Vec<gix::ObjectId> = bases.to_vec();
     for link in chain.iter().rev() {
         for pack in &link.snapshot.packs {
-            let index = match read_ahead.and_then(|indexes| indexes.get(&pack.checksum)) {
-                Some(index) => std::borrow::Cow::Borrowed(index),
-                None => std::borrow::Cow::Owned(read_index(store, link, pack)?),
-            };
+            let hex: Vec<String> = missing.iter().map(|id| id.to_string()).collect();
+            if let Some(lacking) = store.index_lacks(&pack.index.chunks, &hex) {
+                missing.retain(|id| lacking.contains(&id.to_string()));
+                if missing.is_empty() {
+                    return Ok(());
+                }
+                continue;
+            }
+            let mut index = Vec::new();
+            std::io::Read::read_to_end(&mut crate::store::chunker::ChunkReader::new(store, &pack.index), &mut index)
+                .with_context(|| format!("snapshot {}: reading the index of pack {}", link.id, pack.checksum))?;
             let mut still_missing = Vec::new();
             for id in missing {
                 let found = git::pack_index::contains_v2(&index, &id)
