@@ -64,8 +64,10 @@ pub fn back_up(
     if vcs == Vcs::Git
         && store.snapshots_are_complete()
         && let Some(cached) = store.cached_latest(name)
-        && cached.snapshot.vcs == vcs
-        && (chaining == Chaining::AllowMoved || same_source(&cached.snapshot.source_path, &source_path))
+        && cached.as_ref().is_none_or(|cached| {
+            cached.snapshot.vcs == vcs
+                && (chaining == Chaining::AllowMoved || same_source(&cached.snapshot.source_path, &source_path))
+        })
     {
         return back_up_speculating(store, name, path, source_path, cached, limiter, chaining);
     }
@@ -92,7 +94,7 @@ fn real_base(
 }
 
 /// A git backup that reads its source against the latest snapshot this host cached
-/// (`cached`) while another thread connects to the store, starts the session and reads the
+/// (`cached`; `None`: the store had none) while another thread connects to the store, starts the session and reads the
 /// real latest snapshot; the snapshot is committed only on the real one (see
 /// [`crate::vcs::git::snapshot::back_up_speculating`]). On a store on another host the
 /// handshake alone costs about as much as an incremental backup's source work.
@@ -101,7 +103,7 @@ fn back_up_speculating(
     name: &str,
     path: &Path,
     source_path: String,
-    cached: StoredSnapshot,
+    cached: Option<StoredSnapshot>,
     limiter: Option<&RateLimiter>,
     chaining: Chaining,
 ) -> Result<BackupReport> {
@@ -112,10 +114,10 @@ fn back_up_speculating(
         let real = scope.spawn(move || {
             // Before anything in the store is looked at, as above.
             store.ensure_session()?;
-            real_base(store, name, &recorded_here, chaining, Vcs::Git, Some(&guess))
+            real_base(store, name, &recorded_here, chaining, Vcs::Git, guess.as_ref())
         });
         let confirm = move || real.join().map_err(|_| anyhow!("the thread reading the latest snapshot panicked"))?;
-        let job = Job { store, name, path, source_path, base: Some(vec![cached]), limiter };
+        let job = Job { store, name, path, source_path, base: cached.map(|latest| vec![latest]), limiter };
         crate::vcs::git::snapshot::back_up_speculating(job, confirm)
     })
 }

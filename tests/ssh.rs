@@ -534,20 +534,14 @@ fn cached_file(cache: &Path, what: &str) -> std::path::PathBuf {
     latest[0].path()
 }
 
-#[test]
-fn an_incremental_backup_reads_its_source_while_the_connection_opens() {
-    let (env, sshd) = ssh_env();
-    let repo = new_repo(&env.path("src"));
-    commit_file(&repo, "a.txt", "one\n", "one");
-    let first = env.backup("app", &repo);
-    commit_file(&repo, "a.txt", "two\n", "two");
-    // An ssh that takes 2 s to connect: the source is read meanwhile, against the snapshot
-    // cached by the first backup.
+/// Backs up `repo` as `name` through an ssh that takes 2 s to connect; asserts that the
+/// source was read before the connection was open, and returns the JSON report.
+fn backup_reading_the_source_first(env: &Env, sshd: &Sshd, name: &str, repo: &Path) -> serde_json::Value {
     let slow = env.path("slow-ssh");
     std::fs::write(&slow, format!("#!/bin/sh\nsleep 2\nexec {} \"$@\"\n", sshd.rsh())).unwrap();
     std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let out = env
-        .rv_command(&["backup", "--json", "--name", "app", &repo.to_string_lossy()])
+        .rv_command(&["backup", "--json", "--name", name, &repo.to_string_lossy()])
         .env("REPOVAULT_RSH", &slow)
         .env("REPOVAULT_LOG", "repovault=debug")
         .output()
@@ -557,8 +551,43 @@ fn an_incremental_backup_reads_its_source_while_the_connection_opens() {
     let selected = log.find("selected new commits").expect("the source was read");
     let connected = log.find("connected").expect("the store was connected to");
     assert!(selected < connected, "the source was read only once connected:\n{log}");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn an_incremental_backup_reads_its_source_while_the_connection_opens() {
+    let (env, sshd) = ssh_env();
+    let repo = new_repo(&env.path("src"));
+    commit_file(&repo, "a.txt", "one\n", "one");
+    let first = env.backup("app", &repo);
+    commit_file(&repo, "a.txt", "two\n", "two");
+    // Against the snapshot cached by the first backup.
+    let report = backup_reading_the_source_first(&env, &sshd, "app", &repo);
     assert_eq!(report["parent"].as_str(), Some(first.as_str()), "incremental to the first snapshot");
+    env.restore_matches("app", &env.path("restored"), &repo);
+}
+
+#[test]
+fn a_first_backup_into_a_store_this_host_made_reads_its_source_while_the_connection_opens() {
+    let (env, sshd) = ssh_env();
+    let repo = new_repo(&env.path("src"));
+    commit_file(&repo, "a.txt", "one\n", "one");
+    let report = backup_reading_the_source_first(&env, &sshd, "app", &repo);
+    assert_eq!(report["parent"], serde_json::Value::Null);
+    env.restore_matches("app", &env.path("restored"), &repo);
+}
+
+#[test]
+fn a_repository_another_host_backed_up_into_a_store_this_host_made_is_not_taken_for_new() {
+    let (env, _sshd) = ssh_env();
+    let repo = new_repo(&env.path("src"));
+    commit_file(&repo, "big.txt", &common::noise_text(2, 400_000), "big");
+    // The store was made with this test's cache home: "here"; another host backs up first.
+    let (here, there) = (env.path("cache"), env.path("cache-there"));
+    let theirs = backup_with_cache(&env, "app", &repo, &there);
+    commit_file(&repo, "a.txt", "one\n", "one");
+    let ours = backup_with_cache(&env, "app", &repo, &here);
+    assert_eq!(ours["parent"], theirs["snapshot"], "built on the other host's snapshot");
     env.restore_matches("app", &env.path("restored"), &repo);
 }
 

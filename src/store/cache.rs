@@ -11,8 +11,8 @@
 //! cannot be written only costs the time it would have saved.
 //!
 //! Layout: `$XDG_CACHE_HOME/repovault` (else `~/.cache/repovault`), one directory per store
-//! named by the hash of its location, holding `config` and `latest/<repository key>` (the
-//! manifest's bytes as stored).
+//! named by the hash of its location, holding `config`, `latest/<repository key>` (the
+//! manifest's bytes as stored) and `created` when this host made the store with `init`.
 
 use std::{
     io::Write,
@@ -64,6 +64,17 @@ impl Cache {
     /// Keeps `manifest` (its bytes as stored) as the latest snapshot of `repo`.
     pub fn save_latest(&self, repo: &str, manifest: &[u8]) {
         self.write(&format!("latest/{}", repo_key(repo)), manifest);
+    }
+
+    /// Records that this host created the store (empty): a repository with no latest
+    /// snapshot cached then had none when this host last looked.
+    pub fn mark_created(&self) {
+        self.write("created", b"");
+    }
+
+    /// Whether this host created the store (see [`Cache::mark_created`]).
+    pub fn created_here(&self) -> bool {
+        self.dir.join("created").exists()
     }
 
     /// Forgets everything kept for this store.

@@ -447,6 +447,7 @@ impl Store {
         {
             cache.clear();
             cache.save_config(&config);
+            cache.mark_created();
         }
         Ok(InitOutcome::Created)
     }
@@ -499,8 +500,14 @@ impl Store {
 
     /// The latest snapshot of `repo` as this host last saw it, for a store on another host:
     /// only a guess until the store confirms it.
-    pub fn cached_latest(&self, repo: &str) -> Option<StoredSnapshot> {
-        self.cache.as_ref()?.latest(repo)
+    /// `Some(None)`: none, as far as this host knows (it created the store and never saw
+    /// one); `None`: nothing is known.
+    pub fn cached_latest(&self, repo: &str) -> Option<Option<StoredSnapshot>> {
+        let cache = self.cache.as_ref()?;
+        match cache.latest(repo) {
+            Some(latest) => Some(Some(latest)),
+            None => cache.created_here().then_some(None),
+        }
     }
 
     /// Which of `ids` (git object ids, hex) the pack index stored as `chunks` does not list,
