@@ -172,44 +172,76 @@ fn incremental_base(store: &Store, name: &str, known: Option<&StoredSnapshot>) -
     }
 }
 
-/// Once the streams a snapshot would inherit beyond its first (full) one reach this share
-/// of it, the snapshot is full instead. This bounds what a restore of the newest snapshot
-/// reads (at most 1.15 times a full snapshot's data, however many nights are behind it) and
-/// what `prune --keep-last 1` leaves; what it costs is a full snapshot every so often,
-/// measured in the README.
-const FULL_AFTER_SHARE: (u64, u64) = (15, 100);
+/// How large the streams a snapshot inherits may grow before it is full instead, in percent
+/// of a full snapshot's size (as the source's own packed history estimates it): a bound on
+/// what a restore of the newest snapshot reads, however many nights are behind it, and on
+/// what `prune --keep-last 1` leaves. Each version control system sets its own, by what a
+/// restore pays for an increment.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum FullAfter {
+    /// Every stream, the full one included, past this share.
+    Total(u64),
+    /// The streams after the full one past this share.
+    Increments(u64),
+}
+
+impl FullAfter {
+    /// git: a thin pack restores at the speed of a full one (its entries are joined as
+    /// they are), so only bytes count. Measured on tokio's history replayed as 15 nights
+    /// (scripts/bench-history), a full snapshot once the nights passed 15% of the last full
+    /// one took 7 full snapshots, 39 of the 50 MiB stored, 4.1 times git's own incremental
+    /// bundles; at 150% of the source's packs in all, none.
+    pub const GIT: FullAfter = FullAfter::Total(150);
+    /// Mercurial: a stream bundle (a full snapshot) restores at a quarter of `hg clone`'s
+    /// time, a changegroup at more than a clone's (hg unbundle applies it revision by
+    /// revision), so the increments must stay a small share of the history for a restore of
+    /// the newest snapshot to stay near half a clone (scripts/bench-hg: with no full snapshot
+    /// in 15 replayed nights of tokio, 1.47x a clone). Measured against the revlogs' bytes,
+    /// which are about twice a changegroup's.
+    pub const HG: FullAfter = FullAfter::Increments(10);
+
+    fn exceeded(self, sizes: &[u64], full_estimate: u64) -> bool {
+        let (bytes, percent): (u64, u64) = match self {
+            FullAfter::Total(percent) => (sizes.iter().sum(), percent),
+            FullAfter::Increments(percent) => (sizes.iter().skip(1).sum(), percent),
+        };
+        bytes * 100 > full_estimate * percent
+    }
+}
+
 /// And after this many, whatever their size: each costs a read per night.
 const MAX_INHERITED: usize = 64;
 
 /// In a store whose snapshots are complete (format 3), whether a new snapshot of `name`
 /// should inherit the history streams of `latest` (git packs, hg bundles: `sizes` in order)
-/// rather than be full: not when they have grown too many (see [`FULL_AFTER_SHARE`]), and not
-/// when a chunk `latest` names (`chunks`) is missing from `objects/`. The latter is what keeps
-/// prune safe: a chunk a prune moved to its trash after this backup's session began is
-/// protected by the session, but one moved before may be deleted, so it must not be named
-/// again.
+/// rather than be full: not when they have grown too many or past `full_after` of
+/// `source_bytes`, the size of the source's packed history (the first stream, a full one,
+/// stands in when the source's is smaller), and not when a chunk `latest` names (`chunks`)
+/// is missing from `objects/`. The latter is what keeps prune safe: a chunk a prune moved
+/// to its trash after this backup's session began is protected by the session, but one
+/// moved before may be deleted, so it must not be named again.
 pub(crate) fn worth_inheriting<'c>(
     store: &Store,
     name: &str,
     latest: &StoredSnapshot,
     sizes: &[u64],
+    (source_bytes, full_after): (u64, FullAfter),
     chunks: impl Iterator<Item = &'c crate::store::ObjectId>,
 ) -> Result<bool> {
-    Ok(!grown_too_much(name, sizes) && all_stored(store, name, latest, chunks)?)
+    Ok(!grown_too_much(name, sizes, (source_bytes, full_after)) && all_stored(store, name, latest, chunks)?)
 }
 
 /// The first half of [`worth_inheriting`]: whether the streams since the last full snapshot
-/// have grown past [`FULL_AFTER_SHARE`] or [`MAX_INHERITED`]. Reads nothing from the store.
-pub(crate) fn grown_too_much(name: &str, sizes: &[u64]) -> bool {
-    if let Some((first, later)) = sizes.split_first() {
-        let later_bytes: u64 = later.iter().sum();
-        let (share, of) = FULL_AFTER_SHARE;
-        if sizes.len() >= MAX_INHERITED || later_bytes * of > first * share {
+/// have grown past `full_after` or [`MAX_INHERITED`]. Reads nothing from the store.
+pub(crate) fn grown_too_much(name: &str, sizes: &[u64], (source_bytes, full_after): (u64, FullAfter)) -> bool {
+    if let Some(first) = sizes.first() {
+        let full_estimate = source_bytes.max(*first);
+        if sizes.len() >= MAX_INHERITED || full_after.exceeded(sizes, full_estimate) {
             tracing::info!(
                 repo = name,
                 streams = sizes.len(),
-                full_bytes = first,
-                later_bytes,
+                stored = sizes.iter().sum::<u64>(),
+                full_estimate,
                 "the history stored since the last full snapshot has grown: this backup is a full snapshot"
             );
             return true;
@@ -317,4 +349,21 @@ pub fn hostname() -> String {
         .map(|h| h.trim().to_owned())
         .context("reading the hostname")
         .unwrap_or_else(|_| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FullAfter;
+
+    #[test]
+    fn git_counts_every_pack_and_hg_only_the_increments() {
+        // A full snapshot of 100 and increments of 40 then 60, against a source of 100.
+        assert!(!FullAfter::Total(150).exceeded(&[100, 40], 100));
+        assert!(FullAfter::Total(150).exceeded(&[100, 40, 20], 100));
+        assert!(!FullAfter::Increments(10).exceeded(&[100, 10], 100));
+        assert!(FullAfter::Increments(10).exceeded(&[100, 11], 100));
+        // A source that grew to 1000 since its full snapshot allows as much more.
+        assert!(!FullAfter::Total(150).exceeded(&[100, 900], 1000));
+        assert!(!FullAfter::Increments(10).exceeded(&[100, 100], 1000));
+    }
 }

@@ -18,6 +18,7 @@ pub mod restore;
 pub mod rev_list;
 pub mod snapshot;
 pub mod source;
+pub mod stored_objects;
 
 use std::{collections::BTreeMap, path::Path};
 

@@ -19,7 +19,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use gix::ObjectId;
 use gix_pack::data::{entry::Header, output};
 
-use super::pack_writer::PackWriter;
+use super::{pack_writer::PackWriter, stored_objects::StoredObjects};
 
 /// One pack of the source, with its entries ordered by offset. Pack data is read with
 /// `pread` through a window rather than mapped: copying a whole pack through a mapping would
@@ -209,11 +209,30 @@ pub fn source_packs(objects_dir: &Path, object_hash: gix::hash::Kind) -> Result<
 /// `delta_bases`), and which objects are new in this snapshot: a base that is not new is in
 /// the snapshot chain and may be named across packs (a thin delta).
 #[derive(Default)]
-pub struct DeltaBases {
+pub struct DeltaBases<'s> {
     pub bases: HashMap<ObjectId, ObjectId>,
     pub new_objects: HashSet<ObjectId>,
     /// Whether a base in the chain may be used (store format 2 on).
     pub thin_allowed: bool,
+    /// What the chain holds, for the source's own deltas against objects not in this
+    /// snapshot: such a delta is kept when its base is stored (see `chain_holds`).
+    pub stored: Option<&'s StoredObjects<'s>>,
+}
+
+impl DeltaBases<'_> {
+    /// Whether a source delta against `base`, an object this snapshot does not hold, may be
+    /// stored as it is: against `base` in an earlier snapshot (a thin delta, as git's own
+    /// incremental bundles hold). Only when the chain's pack indexes list it: a base that
+    /// is merely old (unreachable, or on a branch never backed up) would not restore.
+    fn chain_holds(&self, base: &ObjectId) -> Result<bool> {
+        if !self.thin_allowed || self.new_objects.contains(base) {
+            return Ok(false);
+        }
+        match self.stored {
+            Some(stored) => stored.contains(base),
+            None => Ok(false),
+        }
+    }
 }
 
 /// Where a delta's base is.
@@ -319,12 +338,19 @@ pub fn write_objects<W: Write>(
                     {
                         return Ok(false);
                     }
-                    None => {
-                        // Its base is not in this snapshot.
-                        out.in_packs[p][at] = position;
-                        out.write_read(find, packs, deltas, id, writer)?;
-                        return Ok(true);
-                    }
+                    None => match base_id {
+                        Some(base_id) if deltas.chain_holds(&base_id)? => {
+                            out.record_depth(position, 1);
+                            out.thin_bases.push(base_id);
+                            output::entry::Kind::DeltaOid { id: base_id }
+                        }
+                        _ => {
+                            // Its base is in no snapshot.
+                            out.in_packs[p][at] = position;
+                            out.write_read(find, packs, deltas, id, writer)?;
+                            return Ok(true);
+                        }
+                    },
                 }
             }
         };

@@ -37,6 +37,10 @@ pub fn count(git_dir: &Path, tips: &[ObjectId]) -> Result<Option<Vec<ObjectId>>>
     command
         // The backup user rarely owns the repositories it reads.
         .args(["-c", "safe.directory=*"])
+        // git maps pack windows of up to 1 GiB and keeps them: walking git.git's 508 MiB pack
+        // left 422 MiB resident, most of it pack pages. Small windows, unmapped as the walk
+        // moves on, took it to 184 MiB in the same 3.4 s of CPU (the backup's goal is 256 MiB).
+        .args(["-c", "core.packedGitLimit=32m", "-c", "core.packedGitWindowSize=8m"])
         .arg("--git-dir")
         .arg(git_dir)
         // Ids only: the paths git would print after them need not be UTF-8.

@@ -3,14 +3,14 @@
 
 use std::{collections::BTreeSet, path::Path};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 use chrono::Utc;
 
 use crate::{
-    backup::{BackupReport, Job, hostname},
+    backup::{BackupReport, FullAfter, Job, hostname},
     snapshot::{Snapshot, Vcs},
     store::{Store, StoredSnapshot},
-    vcs::git::{self, backup::Previous},
+    vcs::git::{self, backup::Previous, stored_objects::StoredObjects},
 };
 
 /// How often a backup is retried when the source's packs changed underneath it (a `git gc`
@@ -50,7 +50,7 @@ fn back_up_with(job: Job<'_>, mut confirm: Option<Confirm<'_>>) -> Result<Backup
     // A guessed base's chunks are checked once the guess is confirmed, inside the session.
     if store.snapshots_are_complete()
         && let Some(chain) = &base
-        && !worth_inheriting(store, name, chain, confirm.is_none())?
+        && !worth_inheriting(store, name, chain, path, confirm.is_none())?
     {
         base = None;
     }
@@ -59,6 +59,7 @@ fn back_up_with(job: Job<'_>, mut confirm: Option<Confirm<'_>>) -> Result<Backup
         attempt += 1;
         let parent = base.as_ref().and_then(|chain| chain.last());
         let previous = parent.map(|p| previous_of(&p.snapshot)).transpose()?;
+        let stored = base.as_deref().map(|chain| StoredObjects::new(store, chain));
         let repo = git::source::open(path)?;
         let git_dir = repo.git_dir().to_owned();
         let packs_before = pack_files(&git_dir);
@@ -76,7 +77,7 @@ fn back_up_with(job: Job<'_>, mut confirm: Option<Confirm<'_>>) -> Result<Backup
             Some(previous) if store.snapshots_are_complete() => git::backup::reach_lost(&repo, previous, &refs),
             _ => false,
         };
-        let result = git::backup::write_pack(store, repo, &refs, previous.as_ref(), limiter);
+        let result = git::backup::write_pack(store, repo, &refs, previous.as_ref(), stored.as_ref(), limiter);
         let outcome = match result {
             Ok(outcome) => outcome,
             // The store's own error (stale cache, unreachable) says what happened: the
@@ -98,7 +99,7 @@ fn back_up_with(job: Job<'_>, mut confirm: Option<Confirm<'_>>) -> Result<Backup
                     "the latest snapshot cached on this host is not the store's: reading the source again against the store's"
                 );
                 if let Some(chain) = &real
-                    && !worth_inheriting(store, name, chain, true)?
+                    && !worth_inheriting(store, name, chain, path, true)?
                 {
                     real = None;
                 }
@@ -107,15 +108,15 @@ fn back_up_with(job: Job<'_>, mut confirm: Option<Confirm<'_>>) -> Result<Backup
                 continue;
             }
             if let Some(chain) = &base
-                && !worth_inheriting(store, name, chain, true)?
+                && !worth_inheriting(store, name, chain, path, true)?
             {
                 base = None;
                 attempt = 0;
                 continue;
             }
         }
-        if let Some(chain) = &base {
-            check_thin_bases(store, chain, &outcome.thin_bases)?;
+        if let Some(stored) = &stored {
+            check_thin_bases(stored, &outcome.thin_bases)?;
         }
         let snapshot = Snapshot {
             repo: name.to_owned(),
@@ -158,15 +159,35 @@ fn back_up_with(job: Job<'_>, mut confirm: Option<Confirm<'_>>) -> Result<Backup
 /// In a store whose snapshots are complete (format 3), whether a new snapshot should
 /// inherit the packs of its latest one (`chain`, that one snapshot) rather than be full;
 /// without `check_chunks`, by their sizes alone (no look into the store).
-fn worth_inheriting(store: &Store, name: &str, chain: &[StoredSnapshot], check_chunks: bool) -> Result<bool> {
+fn worth_inheriting(
+    store: &Store,
+    name: &str,
+    chain: &[StoredSnapshot],
+    path: &Path,
+    check_chunks: bool,
+) -> Result<bool> {
     let Some(latest) = chain.last() else { return Ok(false) };
     let packs = &latest.snapshot.packs;
     let sizes: Vec<u64> = packs.iter().map(|p| p.pack.size).collect();
     let chunks = packs.iter().flat_map(|p| p.pack.chunks.iter().chain(&p.index.chunks));
+    let source_bytes = git::source::open(path).map(|repo| packed_bytes(repo.git_dir())).unwrap_or(0);
+    let full_after = (source_bytes, FullAfter::GIT);
     if !check_chunks {
-        return Ok(!crate::backup::grown_too_much(name, &sizes));
+        return Ok(!crate::backup::grown_too_much(name, &sizes, full_after));
     }
-    crate::backup::worth_inheriting(store, name, latest, &sizes, chunks)
+    crate::backup::worth_inheriting(store, name, latest, &sizes, full_after, chunks)
+}
+
+/// The bytes of the source's packs: about what a full snapshot of it stores. Loose objects
+/// are left out (counting them reads 256 directories, on NFS as many round trips).
+fn packed_bytes(git_dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(git_dir.join("objects/pack")) else { return 0 };
+    entries
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "pack"))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
 }
 
 /// The packs a new snapshot names: in a store whose snapshots are complete, the parent's
@@ -183,46 +204,21 @@ fn packs_needed(
 /// A thin pack's deltas name bases in earlier snapshots; restore finds them there. Before
 /// the snapshot is committed, every one of them must be in a pack index of the chain: a
 /// snapshot that could not be restored must never be written.
-/// On a store on another host the storage host looks into the indexes itself (an index is
-/// megabytes for a large repository, the largest read of an incremental backup).
-fn check_thin_bases(store: &Store, chain: &[StoredSnapshot], bases: &[gix::ObjectId]) -> Result<()> {
-    if bases.is_empty() {
-        return Ok(());
-    }
-    let mut missing: Vec<gix::ObjectId> = bases.to_vec();
-    for link in chain.iter().rev() {
-        for pack in &link.snapshot.packs {
-            let hex: Vec<String> = missing.iter().map(|id| id.to_string()).collect();
-            if let Some(lacking) = store.index_lacks(&pack.index.chunks, &hex) {
-                missing.retain(|id| lacking.contains(&id.to_string()));
-                if missing.is_empty() {
-                    return Ok(());
-                }
-                continue;
-            }
-            let mut index = Vec::new();
-            std::io::Read::read_to_end(&mut crate::store::chunker::ChunkReader::new(store, &pack.index), &mut index)
-                .with_context(|| format!("snapshot {}: reading the index of pack {}", link.id, pack.checksum))?;
-            let mut still_missing = Vec::new();
-            for id in missing {
-                let found = git::pack_index::contains_v2(&index, &id)
-                    .with_context(|| format!("snapshot {}: the index of pack {}", link.id, pack.checksum))?;
-                if !found {
-                    still_missing.push(id);
-                }
-            }
-            missing = still_missing;
-            if missing.is_empty() {
-                return Ok(());
-            }
+fn check_thin_bases(stored: &StoredObjects<'_>, bases: &[gix::ObjectId]) -> Result<()> {
+    let mut missing = Vec::new();
+    for base in bases {
+        if !stored.contains(base)? {
+            missing.push(base);
         }
     }
-    bail!(
-        "{} delta base(s) of the new pack are in no earlier snapshot (first: {}); the snapshot would not \
-         restore and is not written. This is a bug in repovault; please report it",
-        missing.len(),
-        missing[0]
-    )
+    match missing.first() {
+        None => Ok(()),
+        Some(first) => bail!(
+            "{} delta base(s) of the new pack are in no earlier snapshot (first: {first}); the snapshot would not \
+             restore and is not written. This is a bug in repovault; please report it",
+            missing.len(),
+        ),
+    }
 }
 
 /// gix's errors for damaged pack data do not say which object was damaged. Once a backup

@@ -17,7 +17,7 @@ use super::{
     source::{self, KEPT_FILES},
 };
 use crate::{
-    backup::{BackupReport, Job, hostname},
+    backup::{BackupReport, FullAfter, Job, hostname},
     snapshot::{BundleRecord, Snapshot, Vcs},
     store::{Store, StoredSnapshot, chunker::ChunkedWriter},
 };
@@ -59,7 +59,7 @@ pub fn back_up(job: Job<'_>) -> Result<BackupReport> {
         let taken_at = Utc::now();
         let requirements = requirements::read(path)?;
         requirements::check(&requirements)?;
-        source::check_revlogs(path)?;
+        let source_bytes = source::check_revlogs(path)?;
 
         let previous_file = work.path("previous-heads");
         let previous_heads = latest.map(|l| l.snapshot.heads.clone()).unwrap_or_default();
@@ -76,7 +76,9 @@ pub fn back_up(job: Job<'_>) -> Result<BackupReport> {
         let inherit = match latest {
             // After an empty snapshot there is nothing to build on (and hg reads an empty
             // `--base` as "no base": it would look for a remote).
-            Some(latest) if !stripped && !previous_heads.is_empty() => worth_inheriting(store, name, latest)?,
+            Some(latest) if !stripped && !previous_heads.is_empty() => {
+                worth_inheriting(store, name, latest, source_bytes)?
+            }
             _ => false,
         };
         let inherited: &[BundleRecord] = match (inherit, latest) {
@@ -188,11 +190,13 @@ pub fn back_up(job: Job<'_>) -> Result<BackupReport> {
     unreachable!("the loop returns or fails on its last attempt")
 }
 
-/// Whether a new snapshot should inherit the bundles of `latest` rather than be full.
-fn worth_inheriting(store: &Store, name: &str, latest: &StoredSnapshot) -> Result<bool> {
+/// Whether a new snapshot should inherit the bundles of `latest` rather than be full;
+/// `source_bytes`: the source's revlogs, about what a full snapshot stores.
+fn worth_inheriting(store: &Store, name: &str, latest: &StoredSnapshot, source_bytes: u64) -> Result<bool> {
     let bundles = &latest.snapshot.bundles;
     let sizes: Vec<u64> = bundles.iter().map(|b| b.bundle.size).collect();
-    crate::backup::worth_inheriting(store, name, latest, &sizes, bundles.iter().flat_map(|b| &b.bundle.chunks))
+    let chunks = bundles.iter().flat_map(|b| &b.bundle.chunks);
+    crate::backup::worth_inheriting(store, name, latest, &sizes, (source_bytes, FullAfter::HG), chunks)
 }
 
 /// Stores `data` as a chunked stream; returns its chunk list, the bytes newly stored and

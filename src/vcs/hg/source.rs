@@ -157,11 +157,12 @@ pub fn all_heads(repo: &Path) -> Result<Vec<String>> {
 /// truncated revlog come only when a read reaches the damage, and an incremental bundle
 /// does not read old file revisions; this catches a truncated or missing revlog every
 /// night, naming the file, in a fraction of `hg verify`'s time. (Flipped bits are left to
-/// `verify --deep`, which runs `hg verify` on the restore.)
-pub fn check_revlogs(repo: &Path) -> Result<()> {
+/// `verify --deep`, which runs `hg verify` on the restore.) Returns the revlogs' bytes:
+/// about what a full snapshot of the repository stores.
+pub fn check_revlogs(repo: &Path) -> Result<u64> {
     let store = repo.join(".hg/store");
-    check_revlog(&store, "00changelog")?;
-    check_revlog(&store, "00manifest")?;
+    let mut bytes = check_revlog(&store, "00changelog")?;
+    bytes += check_revlog(&store, "00manifest")?;
     let mut on_disk = 0usize;
     // `dh/` holds the revlogs of files whose encoded path is too long, under hashed names.
     for top in ["data", "meta", "dh"] {
@@ -177,7 +178,7 @@ pub fn check_revlogs(repo: &Path) -> Result<()> {
             // of fncache).
             if entry.file_type().is_file() && entry.metadata().is_ok_and(|m| m.len() > 0) {
                 on_disk += 1;
-                check_revlog(&store, base)?;
+                bytes += check_revlog(&store, base)?;
             }
         }
     }
@@ -187,21 +188,22 @@ pub fn check_revlogs(repo: &Path) -> Result<()> {
             bail!("store/fncache lists {listed} file revlogs but {on_disk} are on disk (a revlog is missing?)");
         }
     }
-    Ok(())
+    Ok(bytes)
 }
 
 const ENTRY: usize = 64;
 
-fn check_revlog(store: &Path, base: &str) -> Result<()> {
+/// Checks one revlog; returns its bytes (index and data).
+fn check_revlog(store: &Path, base: &str) -> Result<u64> {
     let index_path = store.join(format!("{base}.i"));
     let damaged = |file: &str, why: String| anyhow::anyhow!("damaged revlog store/{file}: {why}");
     let index = match std::fs::read(&index_path) {
         Ok(index) => index,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && base.starts_with("00") => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && base.starts_with("00") => return Ok(0),
         Err(e) => return Err(damaged(&format!("{base}.i"), e.to_string())),
     };
     if index.is_empty() {
-        return Ok(());
+        return Ok(0);
     }
     let be32 = |at: usize| i32::from_be_bytes(index[at..at + 4].try_into().expect("4 bytes"));
     let flags = u32::from_be_bytes(index[..4].try_into().expect("4 bytes")) >> 16;
@@ -220,7 +222,7 @@ fn check_revlog(store: &Path, base: &str) -> Result<()> {
         if at != index.len() {
             return Err(damaged(&format!("{base}.i"), format!("truncated data of entry {}", entries - 1)));
         }
-        return Ok(());
+        return Ok(index.len() as u64);
     }
     if index.len() % ENTRY != 0 {
         return Err(damaged(&format!("{base}.i"), format!("index size {} is not a multiple of {ENTRY}", index.len())));
@@ -236,5 +238,5 @@ fn check_revlog(store: &Path, base: &str) -> Result<()> {
     if size < end {
         return Err(damaged(&format!("{base}.d"), format!("{size} bytes where the index expects {end}")));
     }
-    Ok(())
+    Ok(index.len() as u64 + size)
 }
