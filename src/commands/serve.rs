@@ -153,7 +153,7 @@ fn respond(backend: &LocalBackend, request: Request, payload: &[u8]) -> (Respons
         // The root itself may be listed, and nothing else may name it.
         Request::List { dir } | Request::ListUnfinished { dir } if dir.is_empty() => vec![],
         Request::List { dir } | Request::ListUnfinished { dir } => vec![dir],
-        Request::RootState | Request::CreateRoot | Request::Hello { .. } | Request::IndexLacks { .. } => vec![],
+        Request::RootState | Request::CreateRoot | Request::Hello { .. } => vec![],
     };
     if let Some(bad) = paths.into_iter().find(|p| !is_store_path(p)) {
         return refuse(
@@ -186,9 +186,6 @@ fn respond(backend: &LocalBackend, request: Request, payload: &[u8]) -> (Respons
         Request::RemoveDir { dir } => backend.remove_dir(&dir).map(|()| (Response::Done, Vec::new())),
         Request::RootState => backend.root_state().map(|state| (Response::Root { state }, Vec::new())),
         Request::CreateRoot => backend.create_root().map(|()| (Response::Done, Vec::new())),
-        Request::IndexLacks { chunks, ids } => {
-            index_lacks(backend, &chunks, &ids).map(|names| (Response::Names { names }, Vec::new()))
-        }
         Request::Hello { .. } => {
             return refuse(io::ErrorKind::InvalidInput, "a second hello on one connection".into());
         }
@@ -198,34 +195,6 @@ fn respond(backend: &LocalBackend, request: Request, payload: &[u8]) -> (Respons
 
 /// Why `payload` must not become the file `path`, when `path` is an object
 /// (`objects/<2 hex>/<64 hex>`) whose content does not hash to its name; `None` otherwise.
-/// The ids among `ids` that the pack index stored as `chunks` does not list. Every chunk is
-/// read from `objects/` and checked against its name, as a client's read would be; one that
-/// is not there (in a prune's trash batch) or is damaged fails the request, and the client
-/// then reads the index itself, which finds and names it.
-fn index_lacks(backend: &LocalBackend, chunks: &[String], ids: &[String]) -> io::Result<Vec<String>> {
-    let invalid = |why: String| io::Error::new(io::ErrorKind::InvalidInput, why);
-    let mut index = Vec::new();
-    for chunk in chunks {
-        if crate::store::chunk_key(chunk).is_none() {
-            return Err(invalid(format!("{:?} is not an object name", output::escape(chunk))));
-        }
-        let raw = backend.read(&format!("objects/{}/{chunk}", &chunk[..2]))?;
-        let data = crate::store::verified_content(chunk, &raw)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("object {chunk}: {e:#}")))?;
-        index.extend_from_slice(&data);
-    }
-    let mut lacking = Vec::new();
-    for id in ids {
-        let oid = gix::ObjectId::from_hex(id.as_bytes()).map_err(|e| invalid(format!("{id:?}: {e}")))?;
-        let listed = crate::vcs::git::pack_index::contains_v2(&index, &oid)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{e:#}")))?;
-        if !listed {
-            lacking.push(id.clone());
-        }
-    }
-    Ok(lacking)
-}
-
 fn object_damage(path: &str, payload: &[u8]) -> Option<String> {
     let mut parts = path.split('/');
     let (Some("objects"), Some(fan), Some(name), None) = (parts.next(), parts.next(), parts.next(), parts.next())

@@ -282,8 +282,6 @@ pub struct Store {
     session: std::sync::Mutex<Option<session::Session>>,
     /// What this host last saw of the store, for stores on another host.
     cache: Option<cache::Cache>,
-    /// The backend again when the store is on another host: some questions are answered there.
-    remote: Option<std::sync::Arc<ssh::SshBackend>>,
     /// `config` came from the cache and the store's own has not been read yet
     /// ([`Store::open_speculating`]): it is read before the session starts.
     config_unconfirmed: AtomicBool,
@@ -337,18 +335,14 @@ pub struct Access {
     pub request_timeout: Option<std::time::Duration>,
 }
 
-/// The backend for `location`, and the same as an ssh one when it is on another host.
-type Backends = (std::sync::Arc<dyn Backend>, Option<std::sync::Arc<ssh::SshBackend>>);
-
-fn open_backend(location: &str, access: &Access) -> Result<Backends> {
+fn open_backend(location: &str, access: &Access) -> Result<std::sync::Arc<dyn Backend>> {
     if location.is_empty() {
         return Err(usage("no store given: pass --store, set REPOVAULT_STORE or `store` in the config file"));
     }
     if location.starts_with("ssh://") {
-        let remote = std::sync::Arc::new(ssh::SshBackend::new(location, access)?);
-        return Ok((remote.clone(), Some(remote)));
+        return Ok(std::sync::Arc::new(ssh::SshBackend::new(location, access)?));
     }
-    Ok((std::sync::Arc::new(LocalBackend::new(location)), None))
+    Ok(std::sync::Arc::new(LocalBackend::new(location)))
 }
 
 /// Reads and checks a store's config; every error names `location` and is the user's to
@@ -399,7 +393,7 @@ impl Store {
     /// directory that is not a store, or anything that is not a directory, is refused.
     /// Every error names `location`.
     pub fn init_with(location: &str, access: &Access) -> Result<InitOutcome> {
-        let (backend, _) = open_backend(location, access)?;
+        let backend = open_backend(location, access)?;
         let state = backend.root_state().map_err(|e| usage(format!("store {location}: cannot examine it: {e}")))?;
         match state {
             RootState::NotADirectory => {
@@ -459,13 +453,13 @@ impl Store {
 
     /// Opens an existing store, checking its format version.
     pub fn open_with(location: &str, access: &Access) -> Result<Store> {
-        let (backend, remote) = open_backend(location, access)?;
+        let backend = open_backend(location, access)?;
         let config = read_config(backend.as_ref(), location)?;
-        let cache = remote.as_ref().and_then(|_| cache::Cache::for_store(location));
+        let cache = location.starts_with("ssh://").then(|| cache::Cache::for_store(location)).flatten();
         if let Some(cache) = &cache {
             cache.save_config(&config);
         }
-        Ok(Store::with((backend, remote), config, cache, false))
+        Ok(Store::with(backend, config, cache, false))
     }
 
     /// Opens a store for a backup without waiting for it when it is on another host and
@@ -478,17 +472,21 @@ impl Store {
             && let Some(cache) = cache::Cache::for_store(location)
             && let Some(config) = cache.config().filter(|config| check_config(config, location).is_ok())
         {
-            let remote = std::sync::Arc::new(ssh::SshBackend::new(location, access)?);
-            remote.connect_in_background();
-            return Ok(Store::with((remote.clone(), Some(remote)), config, Some(cache), true));
+            let backend = ssh::SshBackend::new(location, access)?;
+            backend.connect_in_background();
+            return Ok(Store::with(std::sync::Arc::new(backend), config, Some(cache), true));
         }
         Self::open_with(location, access)
     }
 
-    fn with((backend, remote): Backends, config: StoreConfig, cache: Option<cache::Cache>, unconfirmed: bool) -> Store {
+    fn with(
+        backend: std::sync::Arc<dyn Backend>,
+        config: StoreConfig,
+        cache: Option<cache::Cache>,
+        unconfirmed: bool,
+    ) -> Store {
         Store {
             backend,
-            remote,
             config,
             stored_bytes: AtomicU64::new(0),
             session: std::sync::Mutex::new(None),
@@ -508,17 +506,6 @@ impl Store {
             Some(latest) => Some(Some(latest)),
             None => cache.created_here().then_some(None),
         }
-    }
-
-    /// Which of `ids` (git object ids, hex) the pack index stored as `chunks` does not list,
-    /// when the storage host can tell without sending the index; `None` when it cannot (a
-    /// local store, a chunk not in `objects/`): the caller reads the index itself.
-    pub fn index_lacks(&self, chunks: &[ObjectId], ids: &[String]) -> Option<Vec<String>> {
-        let remote = self.remote.as_ref()?;
-        remote
-            .index_lacks(chunks, ids)
-            .inspect_err(|e| tracing::debug!("the storage host could not look into a pack index: {e}"))
-            .ok()
     }
 
     /// Forgets what the cache holds for this store (it was found stale).

@@ -19,8 +19,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 /// Bumped whenever a request or response other than the hello changes meaning or encoding.
-/// 2: [`Request::IndexLacks`].
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Says "this is repovault" in the hello, so that a remote command that is something else
 /// (a shell banner, another program) is told from a repovault of another version.
@@ -87,14 +86,6 @@ pub enum Request {
     RootState,
     /// Creates the store's root directory and its missing parents (for `init`).
     CreateRoot,
-    /// Which of `ids` (git object ids, hex) the version 2 pack index stored as `chunks` (in
-    /// order) does not list: answered with [`Response::Names`]. A backup checks its thin
-    /// deltas' bases this way without bringing the index (megabytes for a large
-    /// repository) over the link.
-    IndexLacks {
-        chunks: Vec<String>,
-        ids: Vec<String>,
-    },
 }
 
 impl Request {
@@ -110,7 +101,6 @@ impl Request {
                 | Request::Modified { .. }
                 | Request::Size { .. }
                 | Request::RootState
-                | Request::IndexLacks { .. }
         )
     }
 }

@@ -170,12 +170,6 @@ impl SshBackend {
         }
     }
 
-    /// Which of `ids` the pack index stored as `chunks` does not list, found by `serve` on
-    /// the storage host (see [`Request::IndexLacks`]).
-    pub fn index_lacks(&self, chunks: &[String], ids: &[String]) -> io::Result<Vec<String>> {
-        self.expect_names(self.call(Request::IndexLacks { chunks: chunks.to_vec(), ids: ids.to_vec() }, &[]))
-    }
-
     pub fn target(&self) -> &SshTarget {
         &self.target
     }
