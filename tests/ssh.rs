@@ -548,7 +548,7 @@ fn backup_reading_the_source_first(env: &Env, sshd: &Sshd, name: &str, repo: &Pa
         .unwrap();
     let log = stderr(&out);
     assert!(out.status.success(), "{log}");
-    let selected = log.find("selected new commits").expect("the source was read");
+    let selected = log.find("counted objects").expect("the source was read");
     let connected = log.find("connected").expect("the store was connected to");
     assert!(selected < connected, "the source was read only once connected:\n{log}");
     serde_json::from_slice(&out.stdout).unwrap()

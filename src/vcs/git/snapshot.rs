@@ -78,17 +78,8 @@ fn back_up_with(job: Job<'_>, mut confirm: Option<Confirm<'_>>) -> Result<Backup
             _ => false,
         };
         let result = git::backup::write_pack(store, repo, &refs, previous.as_ref(), stored.as_ref(), limiter);
-        let outcome = match result {
-            Ok(outcome) => outcome,
-            // The store's own error (stale cache, unreachable) says what happened: the
-            // source is not at fault.
-            Err(e) if crate::store::is_stale_cache(&e) || crate::error::is_usage(&e) => return Err(e),
-            Err(e) if attempt < ATTEMPTS && pack_files(&git_dir) != packs_before => {
-                tracing::warn!(repo = name, error = %format!("{e:#}"), "source packs changed during the backup; retrying");
-                continue;
-            }
-            Err(e) => return Err(with_culprit(e, path, &refs)),
-        };
+        // Checked before a failure is reported too: a guessed base the store does not hold
+        // (its pack indexes missing) fails the pack, and is no fault of the source.
         if let Some(confirm) = confirm.take() {
             let mut real = confirm()?;
             if latest_id(&real) != guessed.as_deref() {
@@ -115,6 +106,17 @@ fn back_up_with(job: Job<'_>, mut confirm: Option<Confirm<'_>>) -> Result<Backup
                 continue;
             }
         }
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            // The store's own error (stale cache, unreachable) says what happened: the
+            // source is not at fault.
+            Err(e) if crate::store::is_stale_cache(&e) || crate::error::is_usage(&e) => return Err(e),
+            Err(e) if attempt < ATTEMPTS && pack_files(&git_dir) != packs_before => {
+                tracing::warn!(repo = name, error = %format!("{e:#}"), "source packs changed during the backup; retrying");
+                continue;
+            }
+            Err(e) => return Err(with_culprit(e, path, &refs)),
+        };
         if let Some(stored) = &stored {
             check_thin_bases(stored, &outcome.thin_bases)?;
         }
