@@ -60,15 +60,66 @@ pub fn back_up(
 ) -> Result<BackupReport> {
     crate::name::validate(name)?;
     let vcs = crate::vcs::detect(path).unwrap_or(Vcs::Git);
+    let source_path = canonical_source_path(path);
+    if vcs == Vcs::Git
+        && store.snapshots_are_complete()
+        && let Some(cached) = store.cached_latest(name)
+        && cached.as_ref().is_none_or(|cached| {
+            cached.snapshot.vcs == vcs
+                && (chaining == Chaining::AllowMoved || same_source(&cached.snapshot.source_path, &source_path))
+        })
+    {
+        return back_up_speculating(store, name, path, source_path, cached, limiter, chaining);
+    }
     // Before anything in the store is looked at: a prune must know this backup may name
     // what it sees (docs/FORMAT.md, "Prune").
     store.ensure_session()?;
-    let source_path = canonical_source_path(path);
-    let base = incremental_base(store, name)?
-        .filter(|chain| may_chain(name, chain, &source_path, chaining))
-        // A repository converted to another VCS starts again from a full snapshot.
-        .filter(|chain| chain.last().is_some_and(|latest| latest.snapshot.vcs == vcs));
+    let base = real_base(store, name, &source_path, chaining, vcs, None)?;
     vcs.system().back_up(Job { store, name, path, source_path, base, limiter })
+}
+
+/// The chain a new snapshot builds on, as the store has it.
+fn real_base(
+    store: &Store,
+    name: &str,
+    source_path: &str,
+    chaining: Chaining,
+    vcs: Vcs,
+    known: Option<&StoredSnapshot>,
+) -> Result<Option<Vec<StoredSnapshot>>> {
+    Ok(incremental_base(store, name, known)?
+        .filter(|chain| may_chain(name, chain, source_path, chaining))
+        // A repository converted to another VCS starts again from a full snapshot.
+        .filter(|chain| chain.last().is_some_and(|latest| latest.snapshot.vcs == vcs)))
+}
+
+/// A git backup that reads its source against the latest snapshot this host cached
+/// (`cached`; `None`: the store had none) while another thread connects to the store, starts the session and reads the
+/// real latest snapshot; the snapshot is committed only on the real one (see
+/// [`crate::vcs::git::snapshot::back_up_speculating`]). On a store on another host the
+/// handshake alone costs about as much as an incremental backup's source work.
+fn back_up_speculating(
+    store: &Store,
+    name: &str,
+    path: &Path,
+    source_path: String,
+    cached: Option<StoredSnapshot>,
+    limiter: Option<&RateLimiter>,
+    chaining: Chaining,
+) -> Result<BackupReport> {
+    store.require_session_for_writes();
+    std::thread::scope(|scope| {
+        let guess = cached.clone();
+        let recorded_here = source_path.clone();
+        let real = scope.spawn(move || {
+            // Before anything in the store is looked at, as above.
+            store.ensure_session()?;
+            real_base(store, name, &recorded_here, chaining, Vcs::Git, guess.as_ref())
+        });
+        let confirm = move || real.join().map_err(|_| anyhow!("the thread reading the latest snapshot panicked"))?;
+        let job = Job { store, name, path, source_path, base: cached.map(|latest| vec![latest]), limiter };
+        crate::vcs::git::snapshot::back_up_speculating(job, confirm)
+    })
 }
 
 /// One backup as a version control system's part of it sees it.
@@ -85,13 +136,19 @@ pub struct Job<'a> {
 }
 
 /// The chain (oldest first) a new snapshot of `name` is incremental to, or `None` when it
-/// must be full: no snapshot yet, or the latest one's chain would not restore.
-fn incremental_base(store: &Store, name: &str) -> Result<Option<Vec<StoredSnapshot>>> {
+/// must be full: no snapshot yet, or the latest one's chain would not restore. A latest
+/// snapshot already `known` (cached) is not read again: a snapshot's id is the hash of its
+/// manifest, so the same id is the same manifest.
+fn incremental_base(store: &Store, name: &str, known: Option<&StoredSnapshot>) -> Result<Option<Vec<StoredSnapshot>>> {
     let entries = store
         .snapshot_entries(Some(name))
         .with_context(|| format!("repository {name}: listing its snapshots in store {}", store.location()))?;
     let Some(latest_entry) = entries.last() else { return Ok(None) };
-    let latest = match store.load_snapshot(latest_entry) {
+    let loaded = match known.filter(|known| known.id == latest_entry.id) {
+        Some(known) => Ok(known.clone()),
+        None => store.load_snapshot(latest_entry),
+    };
+    let latest = match loaded {
         Ok(latest) => latest,
         Err(error) if is_manifest_damage(&error) => {
             let damaged = DamagedSnapshot { entry: latest_entry.clone(), repo: Some(name.to_owned()), error };
@@ -171,6 +228,12 @@ pub(crate) fn worth_inheriting<'c>(
     (source_bytes, full_after): (u64, FullAfter),
     chunks: impl Iterator<Item = &'c crate::store::ObjectId>,
 ) -> Result<bool> {
+    Ok(!grown_too_much(name, sizes, (source_bytes, full_after)) && all_stored(store, name, latest, chunks)?)
+}
+
+/// The first half of [`worth_inheriting`]: whether the streams since the last full snapshot
+/// have grown past `full_after` or [`MAX_INHERITED`]. Reads nothing from the store.
+pub(crate) fn grown_too_much(name: &str, sizes: &[u64], (source_bytes, full_after): (u64, FullAfter)) -> bool {
     if let Some(first) = sizes.first() {
         let full_estimate = source_bytes.max(*first);
         if sizes.len() >= MAX_INHERITED || full_after.exceeded(sizes, full_estimate) {
@@ -181,9 +244,20 @@ pub(crate) fn worth_inheriting<'c>(
                 full_estimate,
                 "the history stored since the last full snapshot has grown: this backup is a full snapshot"
             );
-            return Ok(false);
+            return true;
         }
     }
+    false
+}
+
+/// The second half of [`worth_inheriting`]: whether every chunk `latest` names is in
+/// `objects/`. Only meaningful inside the writer session.
+pub(crate) fn all_stored<'c>(
+    store: &Store,
+    name: &str,
+    latest: &StoredSnapshot,
+    chunks: impl Iterator<Item = &'c crate::store::ObjectId>,
+) -> Result<bool> {
     for chunk in chunks {
         if !store.has_object(chunk).with_context(|| format!("repository {name}: checking stored chunk {chunk}"))? {
             tracing::warn!(

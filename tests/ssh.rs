@@ -508,3 +508,160 @@ fn a_mercurial_repository_backs_up_and_restores_over_ssh() {
     let verify = env.rv(&["verify", "--deep"]);
     assert_eq!(code(&verify), 0, "verify --deep over ssh: {}", stderr(&verify));
 }
+
+/// Backs up `repo` as `name` with the given cache home (another host has its own); the
+/// backup's JSON report.
+fn backup_with_cache(env: &Env, name: &str, repo: &Path, cache: &Path) -> serde_json::Value {
+    let out = env
+        .rv_command(&["backup", "--json", "--name", name, &repo.to_string_lossy()])
+        .env("XDG_CACHE_HOME", cache)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "backup failed: {}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The one file under a cache home's directory for the store, `latest/<key>` or `config`.
+fn cached_file(cache: &Path, what: &str) -> std::path::PathBuf {
+    let stores: Vec<_> = std::fs::read_dir(cache.join("repovault")).unwrap().flatten().collect();
+    assert_eq!(stores.len(), 1, "one store cached");
+    let dir = stores[0].path();
+    if what == "config" {
+        return dir.join("config");
+    }
+    let latest: Vec<_> = std::fs::read_dir(dir.join("latest")).unwrap().flatten().collect();
+    assert_eq!(latest.len(), 1, "one repository cached");
+    latest[0].path()
+}
+
+/// Backs up `repo` as `name` through an ssh that takes 2 s to connect; asserts that the
+/// source was read before the connection was open, and returns the JSON report.
+fn backup_reading_the_source_first(env: &Env, sshd: &Sshd, name: &str, repo: &Path) -> serde_json::Value {
+    let slow = env.path("slow-ssh");
+    std::fs::write(&slow, format!("#!/bin/sh\nsleep 2\nexec {} \"$@\"\n", sshd.rsh())).unwrap();
+    std::fs::set_permissions(&slow, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = env
+        .rv_command(&["backup", "--json", "--name", name, &repo.to_string_lossy()])
+        .env("REPOVAULT_RSH", &slow)
+        .env("REPOVAULT_LOG", "repovault=debug")
+        .output()
+        .unwrap();
+    let log = stderr(&out);
+    assert!(out.status.success(), "{log}");
+    let selected = log.find("counted objects").expect("the source was read");
+    let connected = log.find("connected").expect("the store was connected to");
+    assert!(selected < connected, "the source was read only once connected:\n{log}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn an_incremental_backup_reads_its_source_while_the_connection_opens() {
+    let (env, sshd) = ssh_env();
+    let repo = new_repo(&env.path("src"));
+    commit_file(&repo, "a.txt", "one\n", "one");
+    let first = env.backup("app", &repo);
+    commit_file(&repo, "a.txt", "two\n", "two");
+    // Against the snapshot cached by the first backup.
+    let report = backup_reading_the_source_first(&env, &sshd, "app", &repo);
+    assert_eq!(report["parent"].as_str(), Some(first.as_str()), "incremental to the first snapshot");
+    env.restore_matches("app", &env.path("restored"), &repo);
+}
+
+#[test]
+fn a_first_backup_into_a_store_this_host_made_reads_its_source_while_the_connection_opens() {
+    let (env, sshd) = ssh_env();
+    let repo = new_repo(&env.path("src"));
+    commit_file(&repo, "a.txt", "one\n", "one");
+    let report = backup_reading_the_source_first(&env, &sshd, "app", &repo);
+    assert_eq!(report["parent"], serde_json::Value::Null);
+    env.restore_matches("app", &env.path("restored"), &repo);
+}
+
+#[test]
+fn a_repository_another_host_backed_up_into_a_store_this_host_made_is_not_taken_for_new() {
+    let (env, _sshd) = ssh_env();
+    let repo = new_repo(&env.path("src"));
+    commit_file(&repo, "big.txt", &common::noise_text(2, 400_000), "big");
+    // The store was made with this test's cache home: "here"; another host backs up first.
+    let (here, there) = (env.path("cache"), env.path("cache-there"));
+    let theirs = backup_with_cache(&env, "app", &repo, &there);
+    commit_file(&repo, "a.txt", "one\n", "one");
+    let ours = backup_with_cache(&env, "app", &repo, &here);
+    assert_eq!(ours["parent"], theirs["snapshot"], "built on the other host's snapshot");
+    env.restore_matches("app", &env.path("restored"), &repo);
+}
+
+#[test]
+fn a_snapshot_another_host_took_since_is_not_trusted_from_the_cache() {
+    let (env, _sshd) = ssh_env();
+    let repo = new_repo(&env.path("src"));
+    // Large enough that two small increments keep the next snapshot incremental.
+    commit_file(&repo, "big.txt", &common::noise_text(1, 400_000), "big");
+    commit_file(&repo, "a.txt", "one\n", "one");
+    let (here, there) = (env.path("cache-here"), env.path("cache-there"));
+    let first = backup_with_cache(&env, "app", &repo, &here);
+    commit_file(&repo, "a.txt", "two\n", "two");
+    let theirs = backup_with_cache(&env, "app", &repo, &there);
+    assert_eq!(theirs["parent"], first["snapshot"]);
+    commit_file(&repo, "a.txt", "three\n", "three");
+    // This host's cache still says the first snapshot is the latest.
+    let ours = backup_with_cache(&env, "app", &repo, &here);
+    assert_eq!(ours["parent"], theirs["snapshot"], "built on the store's latest, not the cached one");
+    assert_eq!(ours["objects"], theirs["objects"], "only what is new since the other host's snapshot");
+    env.restore_matches("app", &env.path("restored"), &repo);
+    env.rv_ok(&["verify"]);
+}
+
+#[test]
+fn a_damaged_or_unwritable_cache_is_ignored() {
+    let (env, _sshd) = ssh_env();
+    let repo = new_repo(&env.path("src"));
+    commit_file(&repo, "big.txt", &common::noise_text(1, 400_000), "big");
+    commit_file(&repo, "a.txt", "one\n", "one");
+    let cache = env.path("cache-here");
+    let first = backup_with_cache(&env, "app", &repo, &cache);
+
+    // A manifest that still parses but is not the one stored (a ref changed), then one that
+    // does not parse, and a config that does not parse: each backup builds on the store's
+    // latest snapshot.
+    let manifest = cached_file(&cache, "latest");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let head = first["snapshot"].as_str().unwrap();
+    let tip = ref_state(&repo).lines().next().unwrap().split_whitespace().next().unwrap().to_owned();
+    assert!(text.contains(&tip), "{text}");
+    std::fs::write(&manifest, text.replace(&tip, &"0".repeat(40))).unwrap();
+    commit_file(&repo, "a.txt", "two\n", "two");
+    let second = backup_with_cache(&env, "app", &repo, &cache);
+    assert_eq!(second["parent"].as_str(), Some(head));
+
+    std::fs::write(cached_file(&cache, "latest"), b"{ not a manifest").unwrap();
+    std::fs::write(cached_file(&cache, "config"), b"\x00\x01").unwrap();
+    commit_file(&repo, "a.txt", "three\n", "three");
+    let third = backup_with_cache(&env, "app", &repo, &cache);
+    assert_eq!(third["parent"], second["snapshot"]);
+
+    // A cache home that cannot be made (a file in its place) costs nothing but the cache.
+    let not_a_dir = env.path("cache-file");
+    std::fs::write(&not_a_dir, b"").unwrap();
+    commit_file(&repo, "a.txt", "four\n", "four");
+    let fourth = backup_with_cache(&env, "app", &repo, &not_a_dir);
+    assert_eq!(fourth["parent"], third["snapshot"]);
+    env.restore_matches("app", &env.path("restored"), &repo);
+}
+
+#[test]
+fn a_store_made_anew_at_the_cached_place_is_not_taken_for_the_old_one() {
+    let (env, _sshd) = ssh_env();
+    let repo = new_repo(&env.path("src"));
+    commit_file(&repo, "a.txt", "one\n", "one");
+    let cache = env.path("cache-here");
+    backup_with_cache(&env, "app", &repo, &cache);
+    // Another host (or a person on the storage host) makes a new store in its place.
+    std::fs::remove_dir_all(env.path("store")).unwrap();
+    Store::init(&env.store()).unwrap();
+    commit_file(&repo, "a.txt", "two\n", "two");
+    let report = backup_with_cache(&env, "app", &repo, &cache);
+    assert_eq!(report["parent"], serde_json::Value::Null, "a full snapshot: the store holds nothing else");
+    env.restore_matches("app", &env.path("restored"), &repo);
+    env.rv_ok(&["verify"]);
+}

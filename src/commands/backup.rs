@@ -46,16 +46,24 @@ pub fn run(ctx: &Context, args: &BackupArgs) -> Result<Outcome> {
     if !args.path.exists() {
         return Err(usage(format!("repository {name}: {shown_path} does not exist")));
     }
-    let store = ctx.open_store(&args.store)?;
-    if defaulted {
-        crate::backup::check_default_name(&store, &name, &args.path)?;
-    }
     let start = Instant::now();
-    // A NAME given on purpose may continue another path's chain (the repository moved); a
-    // defaulted one was checked above to be this path's.
-    let chaining = if defaulted { Chaining::SameSourceOnly } else { Chaining::AllowMoved };
-    let report = with_progress(&store, &name, || crate::backup::back_up(&store, &name, &args.path, None, chaining))
-        .with_context(|| format!("repository {name} ({shown_path}): backup failed"))?;
+    // A store on another host is connected to in the background while the source is read
+    // (`Store::open_speculating`); should what this host cached of it be stale, the backup
+    // is done again as without a cache.
+    let location = ctx.config.store(args.store.store.as_deref())?;
+    let access = ctx.access(&args.store)?;
+    let mut store = Store::open_speculating(&location, &access)?;
+    let mut report = back_up(&store, &name, &args.path, defaulted);
+    if let Err(e) = &report
+        && crate::store::is_stale_cache(e)
+    {
+        tracing::info!(repo = name, "{e:#}; backing up again without the cache");
+        store.clear_cache();
+        drop(store);
+        store = ctx.open_store(&args.store)?;
+        report = back_up(&store, &name, &args.path, defaulted);
+    }
+    let report = report.with_context(|| format!("repository {name} ({shown_path}): backup failed"))?;
     let seconds = start.elapsed().as_secs_f64();
     tracing::info!(
         repo = name,
@@ -72,6 +80,16 @@ pub fn run(ctx: &Context, args: &BackupArgs) -> Result<Outcome> {
         output::line(&report.snapshot_id)?;
     }
     Ok(Outcome::Done)
+}
+
+fn back_up(store: &Store, name: &str, path: &Path, defaulted: bool) -> Result<BackupReport> {
+    if defaulted {
+        crate::backup::check_default_name(store, name, path)?;
+    }
+    // A NAME given on purpose may continue another path's chain (the repository moved); a
+    // defaulted one was checked above to be this path's.
+    let chaining = if defaulted { Chaining::SameSourceOnly } else { Chaining::AllowMoved };
+    with_progress(store, name, || crate::backup::back_up(store, name, path, None, chaining))
 }
 
 fn report_json(name: &str, report: &BackupReport, seconds: f64) -> serde_json::Value {

@@ -3,6 +3,7 @@
 //! changed here must change there too, with the format version.
 
 pub mod backend;
+pub mod cache;
 pub mod chunker;
 pub mod gc;
 pub mod local;
@@ -15,7 +16,7 @@ pub mod ssh;
 use std::{
     collections::{HashMap, HashSet},
     io,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
 };
 
 use anyhow::{Context, Result, bail};
@@ -279,6 +280,32 @@ pub struct Store {
     /// This process's writer session, once it asked for one; ended when the Store is dropped.
     /// Read-only commands never have one.
     session: std::sync::Mutex<Option<session::Session>>,
+    /// What this host last saw of the store, for stores on another host.
+    cache: Option<cache::Cache>,
+    /// `config` came from the cache and the store's own has not been read yet
+    /// ([`Store::open_speculating`]): it is read before the session starts.
+    config_unconfirmed: AtomicBool,
+    /// Objects are written only inside the writer session ([`Store::ensure_session`]): set
+    /// while a backup reads its source before the session could start.
+    writes_need_session: AtomicBool,
+}
+
+/// A backup started from a cached config or manifest that the store contradicts: it is
+/// started again without the cache (see [`cache`]).
+#[derive(Debug)]
+pub struct StaleCache(pub String);
+
+impl std::fmt::Display for StaleCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StaleCache {}
+
+/// True when `err` says the cache a backup started from was stale.
+pub fn is_stale_cache(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| cause.is::<StaleCache>())
 }
 
 /// A repository's latest snapshot, as `backup` and `run` need to know it.
@@ -316,6 +343,44 @@ fn open_backend(location: &str, access: &Access) -> Result<std::sync::Arc<dyn Ba
         return Ok(std::sync::Arc::new(ssh::SshBackend::new(location, access)?));
     }
     Ok(std::sync::Arc::new(LocalBackend::new(location)))
+}
+
+/// Reads and checks a store's config; every error names `location` and is the user's to
+/// fix (exit 2).
+fn read_config(backend: &dyn Backend, location: &str) -> Result<StoreConfig> {
+    let raw = match backend.read(CONFIG_PATH) {
+        Ok(raw) => raw,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(usage(format!(
+                "store {location}: not a repovault store (no config file); create one with `repovault init --store {location}`"
+            )));
+        }
+        Err(e) => {
+            return Err(usage(format!("store {location}: cannot read its config: {e}")));
+        }
+    };
+    let config: StoreConfig =
+        serde_json::from_slice(&raw).map_err(|e| usage(format!("store {location}: config file is damaged: {e}")))?;
+    check_config(&config, location)?;
+    Ok(config)
+}
+
+fn check_config(config: &StoreConfig, location: &str) -> Result<()> {
+    if config.magic != MAGIC {
+        return Err(usage(format!("store {location}: config file is not a repovault store config")));
+    }
+    if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&config.format) {
+        return Err(usage(format!(
+            "store {location}: format version {} is not supported by this repovault (it reads versions {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION})",
+            config.format
+        )));
+    }
+    Ok(())
+}
+
+/// Whether two configs describe the same store the same way.
+fn same_config(a: &StoreConfig, b: &StoreConfig) -> bool {
+    serde_json::to_value(a).ok() == serde_json::to_value(b).ok()
 }
 
 impl Store {
@@ -370,6 +435,14 @@ impl Store {
         backend
             .write_new(CONFIG_PATH, &serde_json::to_vec_pretty(&config)?)
             .with_context(|| format!("store {location}: cannot write its config file"))?;
+        // Whatever was cached for a store that was here before is of another store.
+        if location.starts_with("ssh://")
+            && let Some(cache) = cache::Cache::for_store(location)
+        {
+            cache.clear();
+            cache.save_config(&config);
+            cache.mark_created();
+        }
         Ok(InitOutcome::Created)
     }
 
@@ -381,29 +454,70 @@ impl Store {
     /// Opens an existing store, checking its format version.
     pub fn open_with(location: &str, access: &Access) -> Result<Store> {
         let backend = open_backend(location, access)?;
-        let raw = match backend.read(CONFIG_PATH) {
-            Ok(raw) => raw,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(usage(format!(
-                    "store {location}: not a repovault store (no config file); create one with `repovault init --store {location}`"
-                )));
-            }
-            Err(e) => {
-                return Err(usage(format!("store {location}: cannot read its config: {e}")));
-            }
-        };
-        let config: StoreConfig = serde_json::from_slice(&raw)
-            .map_err(|e| usage(format!("store {location}: config file is damaged: {e}")))?;
-        if config.magic != MAGIC {
-            return Err(usage(format!("store {location}: config file is not a repovault store config")));
+        let config = read_config(backend.as_ref(), location)?;
+        let cache = location.starts_with("ssh://").then(|| cache::Cache::for_store(location)).flatten();
+        if let Some(cache) = &cache {
+            cache.save_config(&config);
         }
-        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&config.format) {
-            return Err(usage(format!(
-                "store {location}: format version {} is not supported by this repovault (it reads versions {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION})",
-                config.format
-            )));
+        Ok(Store::with(backend, config, cache, false))
+    }
+
+    /// Opens a store for a backup without waiting for it when it is on another host and
+    /// this host has its config cached: the connection opens in the background while the
+    /// backup reads its source. The cached config is checked against the store's before the
+    /// writer session starts ([`Store::ensure_session`]), which every write and every read
+    /// a backup builds on waits for; a config that differs fails with [`StaleCache`].
+    pub fn open_speculating(location: &str, access: &Access) -> Result<Store> {
+        if location.starts_with("ssh://")
+            && let Some(cache) = cache::Cache::for_store(location)
+            && let Some(config) = cache.config().filter(|config| check_config(config, location).is_ok())
+        {
+            let backend = ssh::SshBackend::new(location, access)?;
+            backend.connect_in_background();
+            return Ok(Store::with(std::sync::Arc::new(backend), config, Some(cache), true));
         }
-        Ok(Store { backend, config, stored_bytes: AtomicU64::new(0), session: std::sync::Mutex::new(None) })
+        Self::open_with(location, access)
+    }
+
+    fn with(
+        backend: std::sync::Arc<dyn Backend>,
+        config: StoreConfig,
+        cache: Option<cache::Cache>,
+        unconfirmed: bool,
+    ) -> Store {
+        Store {
+            backend,
+            config,
+            stored_bytes: AtomicU64::new(0),
+            session: std::sync::Mutex::new(None),
+            cache,
+            config_unconfirmed: AtomicBool::new(unconfirmed),
+            writes_need_session: AtomicBool::new(false),
+        }
+    }
+
+    /// The latest snapshot of `repo` as this host last saw it, for a store on another host:
+    /// only a guess until the store confirms it.
+    /// `Some(None)`: none, as far as this host knows (it created the store and never saw
+    /// one); `None`: nothing is known.
+    pub fn cached_latest(&self, repo: &str) -> Option<Option<StoredSnapshot>> {
+        let cache = self.cache.as_ref()?;
+        match cache.latest(repo) {
+            Some(latest) => Some(Some(latest)),
+            None => cache.created_here().then_some(None),
+        }
+    }
+
+    /// Forgets what the cache holds for this store (it was found stale).
+    pub fn clear_cache(&self) {
+        if let Some(cache) = &self.cache {
+            cache.clear();
+        }
+    }
+
+    /// From now on, objects are written only once the writer session has started.
+    pub fn require_session_for_writes(&self) {
+        self.writes_need_session.store(true, Ordering::Relaxed);
     }
 
     pub fn location(&self) -> String {
@@ -441,6 +555,11 @@ impl Store {
     /// Stores `data` under its BLAKE3 name, compressed with zstd when that saves at least
     /// an eighth. Already present objects are not written again.
     pub fn put_object(&self, id: &str, data: &[u8]) -> Result<PutOutcome> {
+        // Whether the object is already there is a look into the store, which a prune must
+        // know about first.
+        if self.writes_need_session.load(Ordering::Relaxed) {
+            self.ensure_session()?;
+        }
         let path = object_path(id);
         if self.backend.exists(&path)? {
             return Ok(PutOutcome::default());
@@ -461,8 +580,28 @@ impl Store {
     pub fn ensure_session(&self) -> Result<()> {
         let mut session = self.session.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if session.is_none() {
+            self.confirm_config()?;
             *session = Some(session::Session::start(self)?);
         }
+        Ok(())
+    }
+
+    /// Reads the store's config when the one in use came from the cache: a store created
+    /// anew at the same place (another id, format or chunking) makes the backup start again
+    /// without the cache.
+    fn confirm_config(&self) -> Result<()> {
+        if !self.config_unconfirmed.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let location = self.location();
+        let config = read_config(self.backend.as_ref(), &location)?;
+        if !same_config(&config, &self.config) {
+            self.clear_cache();
+            return Err(anyhow::Error::new(StaleCache(format!(
+                "store {location}: its config is not the one cached on this host (a store created anew there?)"
+            ))));
+        }
+        self.config_unconfirmed.store(false, Ordering::Relaxed);
         Ok(())
     }
 
@@ -585,6 +724,7 @@ impl Store {
         if let Err(e) = self.backend.rename(&staged, &target) {
             // On NFS a rename that reports failure may have happened (a retransmission).
             if self.backend.exists(&target).unwrap_or(false) {
+                self.remember_latest(repo, &bytes);
                 return Ok(id);
             }
             if session_gone() {
@@ -595,7 +735,16 @@ impl Store {
                 self.location()
             )));
         }
+        self.remember_latest(repo, &bytes);
         Ok(id)
+    }
+
+    /// Keeps a manifest this process committed as the repository's latest in the cache (for
+    /// stores on another host): the next backup starts from it.
+    fn remember_latest(&self, repo: &str, manifest: &[u8]) {
+        if let Some(cache) = &self.cache {
+            cache.save_latest(repo, manifest);
+        }
     }
 
     /// The snapshot files of one repository (or of all), oldest first, without reading them.

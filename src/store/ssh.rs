@@ -160,6 +160,16 @@ impl SshBackend {
         })
     }
 
+    /// Starts opening the first connection now, for a caller with other work to do
+    /// meanwhile; the first request waits for it. Should it fail, that request opens one
+    /// itself and reports why.
+    pub fn connect_in_background(&self) {
+        let mut pool = self.shared.pool();
+        if pool.live.is_empty() && pool.opening == 0 {
+            Shared::open_another(&self.shared, &mut pool);
+        }
+    }
+
     pub fn target(&self) -> &SshTarget {
         &self.target
     }
@@ -315,7 +325,9 @@ impl Shared {
         let tail = stderr.clone();
         // Drained continuously, or a chatty remote would block on a full pipe; kept for the
         // error that explains a refused or dropped connection.
+        let (stderr_done, stderr_closed) = mpsc::channel::<()>();
         std::thread::spawn(move || {
+            let _done = stderr_done;
             for line in BufReader::new(pipe).lines() {
                 let Ok(line) = line else { break };
                 tracing::debug!(remote = %line, "ssh stderr");
@@ -328,7 +340,7 @@ impl Shared {
         });
         let stdin = BufWriter::new(child.stdin.take().expect("piped"));
         let stdout = BufReader::new(child.stdout.take().expect("piped"));
-        let connection = Connection::start(child, stdin, stdout, stderr);
+        let connection = Connection::start(child, stdin, stdout, stderr, stderr_closed);
         let hello = Request::Hello {
             magic: MAGIC.into(),
             protocol: PROTOCOL_VERSION,
@@ -402,6 +414,8 @@ struct Connection {
     answers: Arc<Answers>,
     child: Mutex<Option<Child>>,
     stderr: Arc<Mutex<VecDeque<String>>>,
+    /// Disconnected once ssh's stderr is read to its end.
+    stderr_closed: Mutex<mpsc::Receiver<()>>,
 }
 
 type Answer = io::Result<(Response, Vec<u8>)>;
@@ -446,6 +460,7 @@ impl Connection {
         stdin: BufWriter<ChildStdin>,
         mut stdout: BufReader<ChildStdout>,
         stderr: Arc<Mutex<VecDeque<String>>>,
+        stderr_closed: mpsc::Receiver<()>,
     ) -> Connection {
         let answers = Arc::new(Answers::default());
         let reader = Arc::clone(&answers);
@@ -474,7 +489,13 @@ impl Connection {
                 }
             }
         });
-        Connection { stdin: Mutex::new(Some(stdin)), answers, child: Mutex::new(Some(child)), stderr }
+        Connection {
+            stdin: Mutex::new(Some(stdin)),
+            answers,
+            child: Mutex::new(Some(child)),
+            stderr,
+            stderr_closed: Mutex::new(stderr_closed),
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, AnswerState> {
@@ -541,7 +562,9 @@ impl Connection {
             loop {
                 match child.try_wait() {
                     Ok(Some(status)) => break Some(status),
-                    Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                    // Every command ends by closing its connections: a short poll keeps
+                    // that from adding to each command's time.
+                    Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
                     _ => {
                         let _ = child.kill();
                         break child.wait().ok();
@@ -549,8 +572,13 @@ impl Connection {
                 }
             }
         });
-        // The stderr reader stops when ssh's stderr closes: a little time to catch up.
-        std::thread::sleep(Duration::from_millis(20));
+        // The stderr reader stops when ssh's stderr closes (a ProxyCommand still running may
+        // hold it open: not waited for long).
+        let _ = self
+            .stderr_closed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .recv_timeout(Duration::from_millis(20));
         let stderr = self.stderr.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).iter().cloned().collect();
         Lost { status, stderr }
     }

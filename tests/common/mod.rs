@@ -60,6 +60,8 @@ impl Env {
             .args(args)
             .env("REPOVAULT_STORE", self.store_address())
             .env("TMPDIR", self.dir.path())
+            // What a command caches of an ssh:// store stays with the test.
+            .env("XDG_CACHE_HOME", self.path("cache"))
             .current_dir(self.dir.path());
         if let Some((_, rsh)) = &self.ssh {
             command.env("REPOVAULT_RSH", rsh);

@@ -20,19 +20,46 @@ const ATTEMPTS: usize = 3;
 /// Backs up a git repository: a pack of what is new since the base's refs (in format 3
 /// stores, with the packs it inherits named too), then the snapshot.
 pub fn back_up(job: Job<'_>) -> Result<BackupReport> {
+    back_up_with(job, None)
+}
+
+/// The real chain a speculating backup builds on, once the store said it.
+type Confirm<'a> = Box<dyn FnOnce() -> Result<Option<Vec<StoredSnapshot>>> + 'a>;
+
+/// [`back_up`] on a base that is only a guess (`job.base`: the latest snapshot cached on
+/// this host), while `confirm` reads the real one from the store. The source is read and the
+/// new objects are stored against the guess; before anything is committed the guess is
+/// compared with the real base (by id: the hash of the manifest's bytes), and when they
+/// differ the backup starts again on the real one: the objects stored for the guess are
+/// left for prune, and nothing names them. The store's session starts before anything is
+/// read from or written to it (`Store::require_session_for_writes`).
+pub fn back_up_speculating<'a>(
+    job: Job<'a>,
+    confirm: impl FnOnce() -> Result<Option<Vec<StoredSnapshot>>> + 'a,
+) -> Result<BackupReport> {
+    back_up_with(job, Some(Box::new(confirm)))
+}
+
+fn latest_id(base: &Option<Vec<StoredSnapshot>>) -> Option<&str> {
+    base.as_ref().and_then(|chain| chain.last()).map(|latest| latest.id.as_str())
+}
+
+fn back_up_with(job: Job<'_>, mut confirm: Option<Confirm<'_>>) -> Result<BackupReport> {
     let Job { store, name, path, source_path, mut base, limiter } = job;
+    let guessed = latest_id(&base).map(str::to_owned);
+    // A guessed base's chunks are checked once the guess is confirmed, inside the session.
     if store.snapshots_are_complete()
         && let Some(chain) = &base
-        && !worth_inheriting(store, name, chain, path)?
+        && !worth_inheriting(store, name, chain, path, confirm.is_none())?
     {
         base = None;
     }
-    let parent = base.as_ref().and_then(|chain| chain.last());
-    let previous = parent.map(|p| previous_of(&p.snapshot)).transpose()?;
-    let stored = base.as_deref().map(|chain| StoredObjects::new(store, chain));
     let mut attempt = 0;
     loop {
         attempt += 1;
+        let parent = base.as_ref().and_then(|chain| chain.last());
+        let previous = parent.map(|p| previous_of(&p.snapshot)).transpose()?;
+        let stored = base.as_deref().map(|chain| StoredObjects::new(store, chain));
         let repo = git::source::open(path)?;
         let git_dir = repo.git_dir().to_owned();
         let packs_before = pack_files(&git_dir);
@@ -51,8 +78,39 @@ pub fn back_up(job: Job<'_>) -> Result<BackupReport> {
             _ => false,
         };
         let result = git::backup::write_pack(store, repo, &refs, previous.as_ref(), stored.as_ref(), limiter);
+        // Checked before a failure is reported too: a guessed base the store does not hold
+        // (its pack indexes missing) fails the pack, and is no fault of the source.
+        if let Some(confirm) = confirm.take() {
+            let mut real = confirm()?;
+            if latest_id(&real) != guessed.as_deref() {
+                tracing::info!(
+                    repo = name,
+                    cached = guessed,
+                    latest = latest_id(&real),
+                    "the latest snapshot cached on this host is not the store's: reading the source again against the store's"
+                );
+                if let Some(chain) = &real
+                    && !worth_inheriting(store, name, chain, path, true)?
+                {
+                    real = None;
+                }
+                base = real;
+                attempt = 0;
+                continue;
+            }
+            if let Some(chain) = &base
+                && !worth_inheriting(store, name, chain, path, true)?
+            {
+                base = None;
+                attempt = 0;
+                continue;
+            }
+        }
         let outcome = match result {
             Ok(outcome) => outcome,
+            // The store's own error (stale cache, unreachable) says what happened: the
+            // source is not at fault.
+            Err(e) if crate::store::is_stale_cache(&e) || crate::error::is_usage(&e) => return Err(e),
             Err(e) if attempt < ATTEMPTS && pack_files(&git_dir) != packs_before => {
                 tracing::warn!(repo = name, error = %format!("{e:#}"), "source packs changed during the backup; retrying");
                 continue;
@@ -101,14 +159,25 @@ pub fn back_up(job: Job<'_>) -> Result<BackupReport> {
 }
 
 /// In a store whose snapshots are complete (format 3), whether a new snapshot should
-/// inherit the packs of its latest one (`chain`, that one snapshot) rather than be full.
-fn worth_inheriting(store: &Store, name: &str, chain: &[StoredSnapshot], path: &Path) -> Result<bool> {
+/// inherit the packs of its latest one (`chain`, that one snapshot) rather than be full;
+/// without `check_chunks`, by their sizes alone (no look into the store).
+fn worth_inheriting(
+    store: &Store,
+    name: &str,
+    chain: &[StoredSnapshot],
+    path: &Path,
+    check_chunks: bool,
+) -> Result<bool> {
     let Some(latest) = chain.last() else { return Ok(false) };
     let packs = &latest.snapshot.packs;
     let sizes: Vec<u64> = packs.iter().map(|p| p.pack.size).collect();
     let chunks = packs.iter().flat_map(|p| p.pack.chunks.iter().chain(&p.index.chunks));
     let source_bytes = git::source::open(path).map(|repo| packed_bytes(repo.git_dir())).unwrap_or(0);
-    crate::backup::worth_inheriting(store, name, latest, &sizes, (source_bytes, FullAfter::GIT), chunks)
+    let full_after = (source_bytes, FullAfter::GIT);
+    if !check_chunks {
+        return Ok(!crate::backup::grown_too_much(name, &sizes, full_after));
+    }
+    crate::backup::worth_inheriting(store, name, latest, &sizes, full_after, chunks)
 }
 
 /// The bytes of the source's packs: about what a full snapshot of it stores. Loose objects
