@@ -665,3 +665,35 @@ fn a_store_made_anew_at_the_cached_place_is_not_taken_for_the_old_one() {
     env.restore_matches("app", &env.path("restored"), &repo);
     env.rv_ok(&["verify"]);
 }
+
+/// The pack indexes this host keeps for a store on another host (an incremental backup reads
+/// them to leave out what the chain holds) are checked before they are used: an index of
+/// another pack saved under this pack's name, which lists the next commit's objects, would
+/// leave them out of the next snapshot if trusted. The backup reads the store's own index
+/// instead, keeps that, and the snapshot restores whole.
+#[test]
+fn a_pack_index_kept_on_this_host_is_checked_before_it_is_trusted() {
+    let (env, _sshd) = ssh_env();
+    let repo = new_repo(&env.path("src"));
+    commit_file(&repo, "big.txt", &common::noise_text(3, 400_000), "big");
+    let ahead = env.path("ahead");
+    common::git(&env.path(""), &["clone", "-q", &repo.to_string_lossy(), &ahead.to_string_lossy()]);
+    commit_file(&ahead, "next.txt", &common::noise_text(4, 20_000), "next");
+    common::git(&ahead, &["repack", "-adq"]);
+    let cache = env.path("cache-here");
+    let first = backup_with_cache(&env, "app", &repo, &cache);
+
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cached_file(&cache, "latest")).unwrap()).unwrap();
+    let pack = manifest["packs"][0]["checksum"].as_str().unwrap().to_owned();
+    let kept = cached_file(&cache, "config").with_file_name("indexes").join(&pack);
+    assert!(kept.is_file(), "the full backup keeps its pack's index on this host");
+    let foreign = common::pack_file(&ahead).with_extension("idx");
+    std::fs::copy(&foreign, &kept).unwrap();
+
+    common::git(&repo, &["pull", "-q", "--ff-only", &ahead.to_string_lossy(), "main"]);
+    let second = backup_with_cache(&env, "app", &repo, &cache);
+    assert_eq!(second["parent"], first["snapshot"]);
+    env.restore_matches("app", &env.path("restored"), &repo);
+    assert_ne!(std::fs::read(&kept).unwrap(), std::fs::read(&foreign).unwrap(), "the store's index is kept instead");
+}

@@ -508,6 +508,19 @@ impl Store {
         }
     }
 
+    /// The index of the git pack with trailing checksum `pack` (hex) as this host kept it,
+    /// for a store on another host; unchecked (see [`cache::Cache::pack_index`]).
+    pub fn cached_pack_index(&self, pack: &str) -> Option<Vec<u8>> {
+        self.cache.as_ref()?.pack_index(pack)
+    }
+
+    /// Keeps the index of git pack `pack` on this host, for a store on another host.
+    pub fn cache_pack_index(&self, pack: &str, index: &[u8]) {
+        if let Some(cache) = &self.cache {
+            cache.save_pack_index(pack, index);
+        }
+    }
+
     /// Forgets what the cache holds for this store (it was found stale).
     pub fn clear_cache(&self) {
         if let Some(cache) = &self.cache {

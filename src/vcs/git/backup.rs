@@ -472,6 +472,8 @@ pub fn write_pack(
         let mut index_writer = ChunkedWriter::new(store);
         index_writer.write_all(&index)?;
         let (index_chunks, index_stored) = index_writer.finish()?;
+        // The next night's backup reads it to know what the chain holds (StoredObjects).
+        store.cache_pack_index(&checksum.to_string(), &index);
         tracing::debug!(seconds = timer.elapsed().as_secs_f64(), thin_bases = thin.len(), "index stored");
         Ok(PackOutcome {
             pack: Some(PackRecord {

@@ -121,6 +121,22 @@ pub fn decode_v2(index: &[u8], kind: gix::hash::Kind) -> Result<(Vec<IndexEntry>
 
 /// Whether a version 2 index lists `id`: the fan-out table narrows the range of sorted ids,
 /// a binary search finds it.
+/// Whether `index` is a whole version 2 index of the pack whose trailing checksum is `pack`:
+/// it names that pack, and its own trailing checksum is the hash of what precedes it.
+pub fn is_index_of(index: &[u8], pack: &gix::oid) -> bool {
+    let hash_len = pack.as_bytes().len();
+    if index.len() < 8 + 1024 + 2 * hash_len || index[..8] != [0xff, b't', b'O', b'c', 0, 0, 0, 2] {
+        return false;
+    }
+    let (content, trailer) = index.split_at(index.len() - hash_len);
+    if &content[content.len() - hash_len..] != pack.as_bytes() {
+        return false;
+    }
+    let mut hasher = gix::hash::hasher(pack.kind());
+    hasher.update(content);
+    hasher.try_finalize().is_ok_and(|hash| hash.as_bytes() == trailer)
+}
+
 pub fn contains_v2(index: &[u8], id: &gix::oid) -> Result<bool> {
     let hash_len = id.as_bytes().len();
     if index.len() < 8 + 1024 || index[..8] != [0xff, b't', b'O', b'c', 0, 0, 0, 2] {

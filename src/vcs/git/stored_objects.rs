@@ -11,7 +11,7 @@ use std::{cell::OnceCell, io::Read};
 use anyhow::{Context, Result};
 use gix::ObjectId;
 
-use super::pack_index::contains_v2;
+use super::pack_index::{contains_v2, is_index_of};
 use crate::store::{Store, StoredSnapshot, chunker::ChunkReader};
 
 /// The objects of a chain's packs (every pack of every link, each once).
@@ -52,10 +52,24 @@ impl<'s> StoredObjects<'s> {
         }
         let mut indexes = Vec::with_capacity(self.packs.len());
         for (snapshot, pack) in &self.packs {
+            // A store on another host: this host keeps the indexes it wrote or read, so that
+            // the night does not wait on the link for them (any copy that is that pack's
+            // index will do: it is checked, and an index is determined by its pack).
+            let checksum = ObjectId::from_hex(pack.checksum.as_bytes()).ok();
+            let cached = checksum.and_then(|checksum| {
+                self.store.cached_pack_index(&pack.checksum).filter(|index| is_index_of(index, &checksum))
+            });
+            if let Some(index) = cached {
+                indexes.push(index);
+                continue;
+            }
             let mut index = Vec::new();
             ChunkReader::new(self.store, &pack.index)
                 .read_to_end(&mut index)
                 .with_context(|| format!("snapshot {snapshot}: reading the index of pack {}", pack.checksum))?;
+            if checksum.is_some_and(|checksum| is_index_of(&index, &checksum)) {
+                self.store.cache_pack_index(&pack.checksum, &index);
+            }
             indexes.push(index);
         }
         Ok(self.indexes.get_or_init(|| indexes))
