@@ -74,6 +74,23 @@ impl SourcePack {
         self.offsets.binary_search(&offset).ok()
     }
 
+    /// How many objects the pack holds.
+    pub fn num_objects(&self) -> u32 {
+        self.index.num_objects()
+    }
+
+    /// Whether the pack's index is one that can be stored as it is (version 2: it records
+    /// the CRC32s the copy checks, and it is the version the store format names).
+    pub fn storable_as_is(&self) -> bool {
+        self.index.version() == gix_pack::index::Version::V2
+    }
+
+    /// Whether git wrote a reachability bitmap for this pack: `git repack -adb` (a forge's
+    /// housekeeping) does, for a pack of exactly the objects the refs reached then.
+    pub fn has_bitmap(&self) -> bool {
+        self.data_path.with_extension("bitmap").is_file()
+    }
+
     /// Whether this pack holds object `id`.
     pub fn holds(&self, id: &gix::oid) -> bool {
         self.index.lookup(id).is_some()
@@ -87,10 +104,9 @@ impl SourcePack {
 }
 
 /// Whether `ids` (distinct) are exactly the objects of `pack`, and its index is one that
-/// can be stored as it is (version 2: it records the CRC32s the copy checks, and it is the
-/// version the store format names).
+/// can be stored as it is.
 pub fn holds_exactly(pack: &SourcePack, ids: &[ObjectId]) -> bool {
-    if ids.len() != pack.offsets.len() || pack.index.version() != gix_pack::index::Version::V2 {
+    if ids.len() != pack.offsets.len() || !pack.storable_as_is() {
         return false;
     }
     let mut sorted = ids.to_vec();
