@@ -578,3 +578,69 @@ fn a_revert_stores_only_its_commit() {
     let verify = env.rv(&["verify", "--deep"]);
     assert_eq!(code(&verify), 0, "{}", stderr(&verify));
 }
+
+/// Objects the source holds loose (receive-pack leaves pushes of under 100 objects so) have
+/// no delta of the source's to copy: a file moved to another directory and edited, then one
+/// renamed in its directory and edited, must still be stored as deltas against the versions
+/// they replaced, not whole; every snapshot restores exactly.
+#[test]
+fn loose_moved_and_renamed_files_are_stored_as_deltas() {
+    let env = Env::new();
+    env.init_store();
+    let repo = new_repo(&env.path("src"));
+    let text = noise_text(50, 200_000);
+    std::fs::create_dir_all(repo.join("src")).unwrap();
+    std::fs::write(repo.join("src/big.txt"), &text).unwrap();
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "a big file"]);
+    env.backup("src", &repo);
+    git(&repo, &["mv", "src", "lib"]);
+    std::fs::write(repo.join("lib/big.txt"), format!("{text}moved\n")).unwrap();
+    git(&repo, &["commit", "-q", "-am", "moved and edited"]);
+    env.backup("src", &repo);
+    git(&repo, &["mv", "lib/big.txt", "lib/large.txt"]);
+    std::fs::write(repo.join("lib/large.txt"), format!("{text}moved\nrenamed\n")).unwrap();
+    git(&repo, &["commit", "-q", "-am", "renamed and edited"]);
+    env.backup("src", &repo);
+    assert!(files_under(&git_dir(&repo).join("objects/pack")).is_empty(), "the source is all loose");
+
+    let listed = snapshots_json(&env, "src");
+    let full = listed[0]["pack_bytes"].as_u64().unwrap();
+    assert!(full > 100_000, "full snapshot: {full} bytes");
+    for night in 1..3 {
+        assert_eq!(listed[night]["parent"], listed[night - 1]["id"], "night {night} is incremental");
+        let bytes = listed[night]["pack_bytes"].as_u64().unwrap();
+        assert!(bytes < 5_000, "night {night}: a moved or renamed file stored in {bytes} bytes");
+    }
+    env.restore_matches("src", &env.path("out"), &repo);
+    let verify = env.rv(&["verify", "--deep"]);
+    assert_eq!(code(&verify), 0, "{}", stderr(&verify));
+}
+
+/// A merge that edits a file only its second parent has (the first parent never had that
+/// path) stores the new version as a delta against the second parent's.
+#[test]
+fn a_merge_editing_a_file_of_its_second_parent_stores_a_delta() {
+    let env = Env::new();
+    env.init_store();
+    let repo = new_repo(&env.path("src"));
+    commit_file(&repo, "a.txt", "main\n", "main");
+    git(&repo, &["checkout", "-q", "-b", "side"]);
+    let text = noise_text(51, 200_000);
+    commit_file(&repo, "side.txt", &text, "a big file on the side");
+    git(&repo, &["checkout", "-q", "main"]);
+    commit_file(&repo, "a.txt", "main\nmore\n", "main goes on");
+    env.backup("src", &repo);
+    git(&repo, &["merge", "-q", "--no-ff", "--no-commit", "side"]);
+    std::fs::write(repo.join("side.txt"), format!("{text}edited in the merge\n")).unwrap();
+    git(&repo, &["commit", "-q", "-am", "merge side, editing its file"]);
+    env.backup("src", &repo);
+
+    let listed = snapshots_json(&env, "src");
+    assert_eq!(listed[1]["parent"], listed[0]["id"], "the second snapshot is incremental");
+    let bytes = listed[1]["pack_bytes"].as_u64().unwrap();
+    assert!(bytes < 5_000, "the merge stored in {bytes} bytes");
+    env.restore_matches("src", &env.path("out"), &repo);
+    let verify = env.rv(&["verify", "--deep"]);
+    assert_eq!(code(&verify), 0, "{}", stderr(&verify));
+}
