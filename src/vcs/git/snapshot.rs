@@ -81,27 +81,23 @@ fn back_up_with(job: Job<'_>, mut confirm: Option<Confirm<'_>>) -> Result<Backup
         // Checked before a failure is reported too: a guessed base the store does not hold
         // (its pack indexes missing) fails the pack, and is no fault of the source.
         if let Some(confirm) = confirm.take() {
-            let mut real = confirm()?;
-            if latest_id(&real) != guessed.as_deref() {
+            let real = confirm()?;
+            let guessed_right = latest_id(&real) == guessed.as_deref();
+            if !guessed_right {
                 tracing::info!(
                     repo = name,
                     cached = guessed,
                     latest = latest_id(&real),
                     "the latest snapshot cached on this host is not the store's: reading the source again against the store's"
                 );
-                if let Some(chain) = &real
-                    && !worth_inheriting(store, name, chain, path, true)?
-                {
-                    real = None;
-                }
-                base = real;
-                attempt = 0;
-                continue;
             }
-            if let Some(chain) = &base
-                && !worth_inheriting(store, name, chain, path, true)?
-            {
-                base = None;
+            // The guess was judged by sizes alone; the real chain is judged with its chunks.
+            let real = match real {
+                Some(chain) if worth_inheriting(store, name, &chain, path, true)? => Some(chain),
+                _ => None,
+            };
+            if !guessed_right || (base.is_some() && real.is_none()) {
+                base = real;
                 attempt = 0;
                 continue;
             }
@@ -172,7 +168,7 @@ fn worth_inheriting(
     let packs = &latest.snapshot.packs;
     let sizes: Vec<u64> = packs.iter().map(|p| p.pack.size).collect();
     let chunks = packs.iter().flat_map(|p| p.pack.chunks.iter().chain(&p.index.chunks));
-    let source_bytes = git::source::open(path).map(|repo| packed_bytes(repo.git_dir())).unwrap_or(0);
+    let source_bytes = packed_bytes(&git::source::git_dir_of(path));
     let full_after = (source_bytes, FullAfter::GIT);
     if !check_chunks {
         return Ok(!crate::backup::grown_too_much(name, &sizes, full_after));
