@@ -669,3 +669,31 @@ fn a_merge_editing_a_file_of_its_second_parent_stores_a_delta() {
     let verify = env.rv(&["verify", "--deep"]);
     assert_eq!(code(&verify), 0, "{}", stderr(&verify));
 }
+
+/// A commit's root tree changes with every commit; with hundreds of entries it is kilobytes
+/// of ids that do not compress. Loose in the source, it must still be stored as a delta
+/// against its parent's root tree, as every tree below it is.
+#[test]
+fn a_loose_root_tree_is_stored_as_a_delta_against_its_parents() {
+    let env = Env::new();
+    env.init_store();
+    let repo = new_repo(&env.path("src"));
+    for i in 0..400 {
+        std::fs::write(repo.join(format!("file-{i:03}.txt")), format!("file {i}\n")).unwrap();
+    }
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "400 files at the root"]);
+    env.backup("src", &repo);
+    commit_file(&repo, "file-200.txt", "changed\n", "one file changed");
+    env.backup("src", &repo);
+    assert!(files_under(&git_dir(&repo).join("objects/pack")).is_empty(), "the source is all loose");
+
+    let listed = snapshots_json(&env, "src");
+    assert_eq!(listed[1]["parent"], listed[0]["id"], "the second snapshot is incremental");
+    // With the root tree whole (400 ids and names) it took 9,975 bytes.
+    let bytes = listed[1]["pack_bytes"].as_u64().unwrap();
+    assert!(bytes < 2_000, "a one-file commit stored in {bytes} bytes");
+    env.restore_matches("src", &env.path("out"), &repo);
+    let verify = env.rv(&["verify", "--deep"]);
+    assert_eq!(code(&verify), 0, "{}", stderr(&verify));
+}

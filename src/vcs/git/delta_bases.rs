@@ -68,6 +68,10 @@ pub fn choose(
         let mut moves = Moves::default();
         for (nth, parent) in parents.iter().enumerate() {
             let (parent_tree, _) = commit_tree_and_parents(find, parent, &mut buf)?;
+            // The root trees pair as any other (it is what changes in every commit).
+            if parent_tree != tree && new_objects.contains(&tree) && !bases.contains_key(&tree) {
+                bases.insert(tree, parent_tree);
+            }
             let moves = (nth == 0).then_some(&mut moves);
             pair_trees(find, parent_tree, tree, new_objects, &mut bases, moves)?;
         }

@@ -227,7 +227,7 @@ fn loose_bytes(objects: &Path) -> u64 {
             seen += 1;
         }
     }
-    if read == 0 { 0 } else { bytes * dirs.len() as u64 / read }
+    (bytes * dirs.len() as u64).checked_div(read).unwrap_or(0)
 }
 
 /// The packs a new snapshot names: in a store whose snapshots are complete, the parent's
