@@ -126,12 +126,22 @@ fn bytes_freed_counts_the_data_only_forgotten_snapshots_name() {
     let env = Env::new();
     env.init_store();
     let snapshots = nightly_backups(&env, "app", 2);
-    // Forgetting the first snapshot breaks the second's chain, so the next backup is full:
-    // then the second snapshot's data is needed by nothing kept.
     env.rv_ok(&["forget", "app", "--snapshot", &snapshots[0], "--force"]);
+    // The history started again from scratch and the old one pruned: the chain is now far
+    // larger than the source, so the next backup is full, and the second snapshot's data
+    // (its own pack and the one it inherited from the forgotten first) is needed by nothing
+    // kept.
     let repo = env.path("app");
+    git(&repo, &["checkout", "-q", "--orphan", "fresh"]);
+    git(&repo, &["rm", "-rqf", "."]);
     commit_file(&repo, "later", "later", "later");
+    git(&repo, &["branch", "-q", "-D", "main"]);
+    git(&repo, &["reflog", "expire", "--expire=now", "--all"]);
+    git(&repo, &["prune", "--expire=now"]);
     let full = env.backup("app", &repo);
+    let listed: Value = serde_json::from_str(&env.rv_ok(&["snapshots", "--json", "app"])).unwrap();
+    let latest = listed.as_array().unwrap().iter().find(|s| s["id"] == full.as_str()).unwrap();
+    assert_eq!(latest["parent"], Value::Null, "a full snapshot: {latest}");
     let report = prune_json(&env, &["--keep-last", "1"]);
     assert_eq!(ids(&report["repos"][0]["keep"]), [full]);
     assert_eq!(report["repos"][0]["forget"][0]["data_kept_for"], serde_json::json!([]));

@@ -91,7 +91,7 @@ fn backups_from_two_processes_and_prune_in_a_loop_leave_every_snapshot_restorabl
                         for (name, repo) in mine {
                             night += 1;
                             let seed = worker as u64 * 1_000_000 + night;
-                            commit_file(repo, &format!("n{night}"), &noise_text(seed, 25_000), "night");
+                            rewrite_last_commit(repo, "night", &noise_text(seed, 25_000));
                             made.push((env.backup(name, repo), ref_state(repo)));
                         }
                     }
@@ -243,7 +243,7 @@ fn prune_killed_at_any_step_leaves_a_sound_store_that_the_next_prune_finishes() 
     for name in ["app", "lib"] {
         let repo = new_repo(&env.path(name));
         for night in 0..8u64 {
-            commit_file(&repo, &format!("n{night}"), &noise_text(night + name.len() as u64 * 100, 50_000), "night");
+            rewrite_last_commit(&repo, "night", &noise_text(night + name.len() as u64 * 100, 50_000));
             recorded.insert(env.backup(name, &repo), ref_state(&repo));
         }
     }

@@ -164,6 +164,22 @@ pub fn commit_file(repo: &Path, file: &str, content: &str, message: &str) -> Str
     git(repo, &["rev-parse", "HEAD"]).trim().to_owned()
 }
 
+/// Writes `content` to `file` and amends it into the last commit (or makes the first), then prunes what that
+/// left unreachable: the source stays about the same size while the store's chain keeps
+/// every earlier version, so a full snapshot soon comes due (and a prune then has the old
+/// chain to delete). A repository that only grows is never full again (its chain holds
+/// what it holds).
+pub fn rewrite_last_commit(repo: &Path, file: &str, content: &str) {
+    std::fs::write(repo.join(file), content).unwrap();
+    git(repo, &["add", "-A"]);
+    let has_commit =
+        Command::new("git").arg("-C").arg(repo).args(["rev-parse", "-q", "--verify", "HEAD"]).output().unwrap();
+    let amend: &[&str] = if has_commit.status.success() { &["--amend"] } else { &[] };
+    git(repo, &[&["commit", "-q", "-m", "rewritten"], amend].concat());
+    git(repo, &["reflog", "expire", "--expire=now", "--all"]);
+    git(repo, &["prune", "--expire=now"]);
+}
+
 /// What a restore must reproduce: every ref with its object and type, and HEAD.
 pub fn ref_state(repo: &Path) -> String {
     let refs = git(repo, &["for-each-ref", "--format=%(objectname) %(objecttype) %(refname) %(symref)"]);
