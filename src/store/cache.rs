@@ -16,13 +16,26 @@
 //! host wrote or read, which an incremental backup reads to know what the chain holds:
 //! 4 MB for tokio, 24 MB for git.git, otherwise over the link every night) and `created` when
 //! this host made the store with `init`.
+//!
+//! Trimming: an entry is touched whenever it is used, and once a day (the `trimmed` marker's
+//! age says when) pack indexes and latest snapshots not used for [`UNUSED_FOR`] are deleted.
+//! Without it the cache would keep the index of every pack the store ever held, pruned or
+//! not, for every repository this host ever backed up: about 28 bytes an object.
 
 use std::{
     io::Write,
     path::{Path, PathBuf},
+    time::{Duration, SystemTime},
 };
 
 use super::{StoreConfig, StoredSnapshot, hash_hex, repo_key};
+
+/// Pack indexes and latest snapshots unused this long are deleted: a repository this host
+/// has not backed up for a month pays one read over the link when it is backed up again.
+pub const UNUSED_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// How often the cache is trimmed: it lists every entry, so not at every backup.
+const TRIM_EVERY: Duration = Duration::from_secs(24 * 3600);
 
 /// The cache of one store.
 #[derive(Debug, Clone)]
@@ -59,7 +72,9 @@ impl Cache {
     /// `repo`. Its id is the hash of the bytes read, so a damaged file is never taken for the
     /// snapshot it was: its id matches no snapshot in the store.
     pub fn latest(&self, repo: &str) -> Option<StoredSnapshot> {
-        let bytes = std::fs::read(self.dir.join("latest").join(repo_key(repo))).ok()?;
+        let path = self.dir.join("latest").join(repo_key(repo));
+        let bytes = std::fs::read(&path).ok()?;
+        touch(&path);
         let snapshot: crate::snapshot::Snapshot = serde_json::from_slice(&bytes).ok()?;
         (snapshot.repo == repo).then(|| StoredSnapshot { id: hash_hex(&bytes), snapshot })
     }
@@ -72,7 +87,10 @@ impl Cache {
     /// The pack index kept for the pack with trailing checksum `pack` (hex), unchecked: the
     /// caller checks it is that pack's index before trusting it.
     pub fn pack_index(&self, pack: &str) -> Option<Vec<u8>> {
-        std::fs::read(self.dir.join("indexes").join(pack)).ok()
+        let path = self.dir.join("indexes").join(pack);
+        let bytes = std::fs::read(&path).ok()?;
+        touch(&path);
+        Some(bytes)
     }
 
     /// Keeps the index of pack `pack` (hex), read from or written to the store.
@@ -91,6 +109,35 @@ impl Cache {
         self.dir.join("created").exists()
     }
 
+    /// Deletes the pack indexes and latest snapshots unused for [`UNUSED_FOR`], when the
+    /// last trim was a day ago or more (or never happened).
+    pub fn trim_if_due(&self) {
+        self.trim_if_due_at(SystemTime::now());
+    }
+
+    fn trim_if_due_at(&self, now: SystemTime) {
+        let marker = self.dir.join("trimmed");
+        let last = std::fs::metadata(&marker).and_then(|m| m.modified()).ok();
+        if last.is_some_and(|last| now.duration_since(last).map_or(true, |age| age < TRIM_EVERY)) {
+            return;
+        }
+        // Marked first: other processes opening the store meanwhile need not trim too.
+        self.write("trimmed", b"");
+        touch(&marker);
+        let Some(cutoff) = now.checked_sub(UNUSED_FOR) else { return };
+        let mut removed = 0;
+        for kind in ["indexes", "latest"] {
+            let Ok(entries) = std::fs::read_dir(self.dir.join(kind)) else { continue };
+            for entry in entries.flatten() {
+                let unused = entry.metadata().and_then(|m| m.modified()).is_ok_and(|used| used < cutoff);
+                if unused && std::fs::remove_file(entry.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+        }
+        tracing::debug!(cache = %self.dir.display(), removed, "trimmed the store's cache");
+    }
+
     /// Forgets everything kept for this store.
     pub fn clear(&self) {
         if let Err(e) = std::fs::remove_dir_all(&self.dir)
@@ -98,6 +145,11 @@ impl Cache {
         {
             tracing::debug!(cache = %self.dir.display(), error = %e, "cannot clear the store's cache");
         }
+    }
+
+    #[cfg(test)]
+    fn at(dir: &Path) -> Cache {
+        Cache { dir: dir.to_owned() }
     }
 
     /// Writes `name` whole or not at all (a temporary file renamed into place), so that a
@@ -116,5 +168,54 @@ impl Cache {
         if let Err(e) = written {
             tracing::debug!(cache = %path.display(), error = %e, "cannot write the store's cache");
         }
+    }
+}
+
+/// Marks a cache entry as used now (its modification time: what trimming goes by).
+fn touch(path: &Path) {
+    let touched =
+        std::fs::File::options().append(true).open(path).and_then(|file| file.set_modified(SystemTime::now()));
+    if let Err(e) = touched {
+        tracing::debug!(cache = %path.display(), error = %e, "cannot mark a cache entry as used");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn age(path: &Path, by: Duration) {
+        let file = std::fs::File::options().append(true).open(path).unwrap();
+        file.set_modified(SystemTime::now() - by).unwrap();
+    }
+
+    #[test]
+    fn entries_unused_for_a_month_are_trimmed_once_a_day() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::at(dir.path());
+        let day = Duration::from_secs(24 * 3600);
+        cache.save_pack_index("old", b"old index");
+        cache.save_pack_index("used", b"used index");
+        cache.save_pack_index("recent", b"recent index");
+        cache.save_latest("old/repo", b"{}");
+        for name in ["indexes/old", "indexes/used", &format!("latest/{}", repo_key("old/repo"))] {
+            age(&dir.path().join(name), UNUSED_FOR + day);
+        }
+        age(&dir.path().join("indexes/recent"), UNUSED_FOR - day);
+        // Reading an entry marks it used.
+        assert_eq!(cache.pack_index("used").as_deref(), Some(&b"used index"[..]));
+
+        cache.trim_if_due();
+        assert_eq!(cache.pack_index("old"), None, "unused for over a month");
+        assert_eq!(std::fs::read_dir(dir.path().join("latest")).unwrap().count(), 0, "unused for over a month");
+        assert!(cache.pack_index("used").is_some(), "used just now");
+        assert!(cache.pack_index("recent").is_some(), "unused for less than a month");
+
+        // Not again within the day, even for entries that became old meanwhile.
+        age(&dir.path().join("indexes/recent"), UNUSED_FOR + day);
+        cache.trim_if_due();
+        assert!(dir.path().join("indexes/recent").exists(), "trimmed again within a day");
+        cache.trim_if_due_at(SystemTime::now() + day);
+        assert!(!dir.path().join("indexes/recent").exists(), "a day later it is trimmed");
     }
 }

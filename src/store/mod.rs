@@ -485,6 +485,9 @@ impl Store {
         cache: Option<cache::Cache>,
         unconfirmed: bool,
     ) -> Store {
+        if let Some(cache) = &cache {
+            cache.trim_if_due();
+        }
         Store {
             backend,
             config,
