@@ -604,6 +604,22 @@ fn a_revert_stores_only_its_commit() {
     assert_eq!(code(&verify), 0, "{}", stderr(&verify));
 }
 
+/// The pack bytes of snapshot `nth` (0: the first) of `name`, which must be incremental on
+/// the one before it.
+fn incremental_pack_bytes(env: &Env, name: &str, nth: usize) -> u64 {
+    let listed = snapshots_json(env, name);
+    assert_eq!(listed[nth]["parent"], listed[nth - 1]["id"], "snapshot {nth} is incremental");
+    listed[nth]["pack_bytes"].as_u64().unwrap()
+}
+
+/// The latest snapshot of `name` restores to `repo`'s refs and objects, and `verify --deep`
+/// passes.
+fn restores_exactly(env: &Env, name: &str, repo: &Path) {
+    env.restore_matches(name, &env.path("out"), repo);
+    let verify = env.rv(&["verify", "--deep"]);
+    assert_eq!(code(&verify), 0, "{}", stderr(&verify));
+}
+
 /// Objects the source holds loose (receive-pack leaves pushes of under 100 objects so) have
 /// no delta of the source's to copy: a file moved to another directory and edited, then one
 /// renamed in its directory and edited, must still be stored as deltas against the versions
@@ -629,17 +645,13 @@ fn loose_moved_and_renamed_files_are_stored_as_deltas() {
     env.backup("src", &repo);
     assert!(files_under(&git_dir(&repo).join("objects/pack")).is_empty(), "the source is all loose");
 
-    let listed = snapshots_json(&env, "src");
-    let full = listed[0]["pack_bytes"].as_u64().unwrap();
+    let full = snapshots_json(&env, "src")[0]["pack_bytes"].as_u64().unwrap();
     assert!(full > 100_000, "full snapshot: {full} bytes");
     for night in 1..3 {
-        assert_eq!(listed[night]["parent"], listed[night - 1]["id"], "night {night} is incremental");
-        let bytes = listed[night]["pack_bytes"].as_u64().unwrap();
+        let bytes = incremental_pack_bytes(&env, "src", night);
         assert!(bytes < 5_000, "night {night}: a moved or renamed file stored in {bytes} bytes");
     }
-    env.restore_matches("src", &env.path("out"), &repo);
-    let verify = env.rv(&["verify", "--deep"]);
-    assert_eq!(code(&verify), 0, "{}", stderr(&verify));
+    restores_exactly(&env, "src", &repo);
 }
 
 /// A merge that edits a file only its second parent has (the first parent never had that
@@ -661,13 +673,9 @@ fn a_merge_editing_a_file_of_its_second_parent_stores_a_delta() {
     git(&repo, &["commit", "-q", "-am", "merge side, editing its file"]);
     env.backup("src", &repo);
 
-    let listed = snapshots_json(&env, "src");
-    assert_eq!(listed[1]["parent"], listed[0]["id"], "the second snapshot is incremental");
-    let bytes = listed[1]["pack_bytes"].as_u64().unwrap();
+    let bytes = incremental_pack_bytes(&env, "src", 1);
     assert!(bytes < 5_000, "the merge stored in {bytes} bytes");
-    env.restore_matches("src", &env.path("out"), &repo);
-    let verify = env.rv(&["verify", "--deep"]);
-    assert_eq!(code(&verify), 0, "{}", stderr(&verify));
+    restores_exactly(&env, "src", &repo);
 }
 
 /// A commit's root tree changes with every commit; with hundreds of entries it is kilobytes
@@ -688,12 +696,8 @@ fn a_loose_root_tree_is_stored_as_a_delta_against_its_parents() {
     env.backup("src", &repo);
     assert!(files_under(&git_dir(&repo).join("objects/pack")).is_empty(), "the source is all loose");
 
-    let listed = snapshots_json(&env, "src");
-    assert_eq!(listed[1]["parent"], listed[0]["id"], "the second snapshot is incremental");
     // With the root tree whole (400 ids and names) it took 9,975 bytes.
-    let bytes = listed[1]["pack_bytes"].as_u64().unwrap();
+    let bytes = incremental_pack_bytes(&env, "src", 1);
     assert!(bytes < 2_000, "a one-file commit stored in {bytes} bytes");
-    env.restore_matches("src", &env.path("out"), &repo);
-    let verify = env.rv(&["verify", "--deep"]);
-    assert_eq!(code(&verify), 0, "{}", stderr(&verify));
+    restores_exactly(&env, "src", &repo);
 }
