@@ -32,7 +32,7 @@ use super::{StoreConfig, StoredSnapshot, hash_hex, repo_key};
 
 /// Pack indexes and latest snapshots unused this long are deleted: a repository this host
 /// has not backed up for a month pays one read over the link when it is backed up again.
-pub const UNUSED_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
+const UNUSED_FOR: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// How often the cache is trimmed: it lists every entry, so not at every backup.
 const TRIM_EVERY: Duration = Duration::from_secs(24 * 3600);
@@ -123,7 +123,6 @@ impl Cache {
         }
         // Marked first: other processes opening the store meanwhile need not trim too.
         self.write("trimmed", b"");
-        touch(&marker);
         let Some(cutoff) = now.checked_sub(UNUSED_FOR) else { return };
         let mut removed = 0;
         for kind in ["indexes", "latest"] {

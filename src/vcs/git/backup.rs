@@ -466,15 +466,9 @@ pub fn write_pack(
 }
 
 /// Whether the source looks as `git repack -adb` leaves it: one pack, with a bitmap, and no
-/// loose object (repack's prune-packed removes the fan-out directories it empties). That
-/// pack then most likely holds exactly what the refs reach.
+/// loose object. That pack then most likely holds exactly what the refs reach.
 fn looks_repacked(objects_dir: &std::path::Path, pack: &SourcePack) -> bool {
-    let fan_out_dir = |name: &std::ffi::OsStr| {
-        name.len() == 2 && name.to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_hexdigit()))
-    };
-    pack.has_bitmap()
-        && pack.storable_as_is()
-        && std::fs::read_dir(objects_dir).is_ok_and(|entries| !entries.flatten().any(|e| fan_out_dir(&e.file_name())))
+    pack.has_bitmap() && pack.storable_as_is() && super::source::loose_object_dirs(objects_dir).is_empty()
 }
 
 /// What copying the source's one pack while git counted came to.

@@ -203,19 +203,9 @@ fn source_bytes(git_dir: &Path) -> u64 {
 const LOOSE_OBJECTS_SAMPLED: usize = 512;
 
 /// The bytes of a source's loose objects: every fan-out directory's while fewer than
-/// [`LOOSE_OBJECTS_SAMPLED`] were seen, the rest extrapolated from those read. (git's
-/// prune-packed removes the directories it empties: a repacked source has none to read.)
+/// [`LOOSE_OBJECTS_SAMPLED`] were seen, the rest extrapolated from those read.
 fn loose_bytes(objects: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(objects) else { return 0 };
-    let mut dirs: Vec<_> = entries
-        .flatten()
-        .filter(|e| {
-            let name = e.file_name();
-            name.len() == 2 && name.to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_hexdigit()))
-        })
-        .map(|e| e.path())
-        .collect();
-    dirs.sort();
+    let dirs = git::source::loose_object_dirs(objects);
     let (mut bytes, mut seen, mut read) = (0u64, 0usize, 0u64);
     for dir in &dirs {
         if seen >= LOOSE_OBJECTS_SAMPLED {

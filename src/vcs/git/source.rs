@@ -154,3 +154,20 @@ pub fn refs_stat(git_dir: &Path) -> SourceStat {
     }
     SourceStat { fingerprint: hasher.finalize().to_hex().to_string(), changed_at: newest.into() }
 }
+
+/// The fan-out directories of a git object directory that hold loose objects (`00` to
+/// `ff`), sorted. git's prune-packed removes the ones it empties, so a freshly repacked
+/// repository has none: one directory listing tells.
+pub fn loose_object_dirs(objects_dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(objects_dir) else { return Vec::new() };
+    let mut dirs: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name();
+            name.len() == 2 && name.to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_hexdigit()))
+        })
+        .map(|e| e.path())
+        .collect();
+    dirs.sort();
+    dirs
+}
