@@ -701,3 +701,37 @@ fn a_loose_root_tree_is_stored_as_a_delta_against_its_parents() {
     assert!(bytes < 2_000, "a one-file commit stored in {bytes} bytes");
     restores_exactly(&env, "src", &repo);
 }
+
+/// Modules whose files share one name (`mod.rs`): two moved elsewhere and edited, the other
+/// two deleted in the same commit. Each new `mod.rs` is paired with the removed one whose
+/// path ends like its own (taken in the order found, they pair with the wrong ones), so
+/// both are stored as deltas.
+#[test]
+fn files_of_one_name_moved_together_pair_with_their_own_old_versions() {
+    let env = Env::new();
+    env.init_store();
+    let repo = new_repo(&env.path("src"));
+    let modules = ["alpha", "beta", "delta", "gamma"];
+    for (i, module) in modules.iter().enumerate() {
+        std::fs::create_dir_all(repo.join("src").join(module)).unwrap();
+        std::fs::write(repo.join("src").join(module).join("mod.rs"), noise_text(60 + i as u64, 50_000)).unwrap();
+    }
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "four modules"]);
+    env.backup("src", &repo);
+    std::fs::create_dir_all(repo.join("lib")).unwrap();
+    for module in ["alpha", "delta"] {
+        git(&repo, &["mv", &format!("src/{module}"), &format!("lib/{module}")]);
+        let file = repo.join("lib").join(module).join("mod.rs");
+        let text = std::fs::read_to_string(&file).unwrap();
+        std::fs::write(&file, format!("{text}// moved\n")).unwrap();
+    }
+    git(&repo, &["rm", "-rq", "src"]);
+    git(&repo, &["commit", "-q", "-am", "two modules moved and edited, two deleted"]);
+    env.backup("src", &repo);
+
+    // Stored whole, the two files took about 60 KB.
+    let bytes = incremental_pack_bytes(&env, "src", 1);
+    assert!(bytes < 5_000, "two moved modules stored in {bytes} bytes");
+    restores_exactly(&env, "src", &repo);
+}

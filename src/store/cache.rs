@@ -18,7 +18,8 @@
 //! this host made the store with `init`.
 //!
 //! Trimming: an entry is touched whenever it is used, and once a day (the `trimmed` marker's
-//! age says when) pack indexes and latest snapshots not used for [`UNUSED_FOR`] are deleted.
+//! age says when) pack indexes and latest snapshots not used for [`UNUSED_FOR`] are deleted
+//! (and with a latest snapshot, the `created` marker, which vouches for the absent ones).
 //! Without it the cache would keep the index of every pack the store ever held, pruned or
 //! not, for every repository this host ever backed up: about 28 bytes an object.
 
@@ -131,6 +132,12 @@ impl Cache {
                 let unused = entry.metadata().and_then(|m| m.modified()).is_ok_and(|used| used < cutoff);
                 if unused && std::fs::remove_file(entry.path()).is_ok() {
                     removed += 1;
+                    if kind == "latest" {
+                        // "Created here" means a repository with no latest cached has no
+                        // snapshot: no longer true of one whose latest was trimmed (a backup
+                        // would guess a first snapshot and send a whole pack for nothing).
+                        let _ = std::fs::remove_file(self.dir.join("created"));
+                    }
                 }
             }
         }
@@ -197,6 +204,7 @@ mod tests {
         cache.save_pack_index("used", b"used index");
         cache.save_pack_index("recent", b"recent index");
         cache.save_latest("old/repo", b"{}");
+        cache.mark_created();
         for name in ["indexes/old", "indexes/used", &format!("latest/{}", repo_key("old/repo"))] {
             age(&dir.path().join(name), UNUSED_FOR + day);
         }
@@ -207,6 +215,7 @@ mod tests {
         cache.trim_if_due();
         assert_eq!(cache.pack_index("old"), None, "unused for over a month");
         assert_eq!(std::fs::read_dir(dir.path().join("latest")).unwrap().count(), 0, "unused for over a month");
+        assert!(!cache.created_here(), "a repository without a latest cached may have snapshots now");
         assert!(cache.pack_index("used").is_some(), "used just now");
         assert!(cache.pack_index("recent").is_some(), "unused for less than a month");
 

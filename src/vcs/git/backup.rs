@@ -336,6 +336,10 @@ impl Write for BlockSender<'_> {
         }
         if let Some(limiter) = self.limiter {
             limiter.acquire(data.len());
+            // The wait may have been long: the pack may have become unwanted meanwhile.
+            if self.stop.is_some_and(|stop| stop.load(Ordering::Relaxed)) {
+                return Err(io::Error::other("the pack is no longer wanted"));
+            }
         }
         self.block.extend_from_slice(data);
         self.written += data.len() as u64;

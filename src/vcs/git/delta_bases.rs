@@ -48,9 +48,12 @@ impl Entry {
     }
 }
 
-/// Removed entries collected per commit, at most: deleting a large directory must not make
-/// the backup read every tree under it.
-const MAX_REMOVED: usize = 10_000;
+/// Added and removed entries collected per commit, at most each: adding or deleting a large
+/// directory must not make the backup read every tree under it.
+const MAX_MOVES: usize = 10_000;
+
+/// Removed entries of one file name looked at for each added one.
+const CANDIDATES: usize = 64;
 
 /// For each new blob or tree, another version of it that its commit replaced, when there
 /// is one: the object at the same path in the first parent, else at the same path in
@@ -158,7 +161,8 @@ fn pair_trees(
             let same_kind = by_name.get(name.as_slice()).filter(|(old_is_tree, _)| old_is_tree == is_tree);
             // A new tree is descended with its old version, or alone when it has none
             // and moves are collected (what it holds is all added).
-            if *is_tree && (same_kind.is_some() || moves.is_some()) {
+            let collecting = moves.as_ref().is_some_and(|moves| moves.added.len() < MAX_MOVES);
+            if *is_tree && (same_kind.is_some() || collecting) {
                 pending.push((same_kind.map(|(_, old_id)| *old_id), *id, join(&prefix, name)));
             }
             match same_kind {
@@ -170,6 +174,7 @@ fn pair_trees(
                 Some(_) => {}
                 None => {
                     if let Some(moves) = moves.as_deref_mut()
+                        && moves.added.len() < MAX_MOVES
                         && new_objects.contains(id)
                         && !bases.contains_key(id)
                     {
@@ -202,7 +207,7 @@ fn collect_removed(
 ) -> Result<()> {
     let mut pending = vec![(path, is_tree, id)];
     while let Some((path, is_tree, id)) = pending.pop() {
-        if moves.removed.len() >= MAX_REMOVED {
+        if moves.removed.len() >= MAX_MOVES {
             break;
         }
         if is_tree {
@@ -215,30 +220,45 @@ fn collect_removed(
     Ok(())
 }
 
+type Candidates<K> = std::collections::HashMap<K, Vec<usize>>;
+
 /// Gives each added object without a base a removed one of its kind: under the same file
-/// name (a move), else in the same directory with the same extension (a rename).
+/// name (a move; of several, the one whose path ends most like it: `a/x/mod.rs` moved to
+/// `b/x/mod.rs`), else in the same directory with the same extension (a rename). Each
+/// removed object is the base of one added object at most: a base is inflated and indexed
+/// for every delta tried against it, and one old file rarely fits many new ones.
 fn pair_moves(moves: Moves, bases: &mut HashMap<ObjectId, ObjectId>) {
     if moves.added.is_empty() || moves.removed.is_empty() {
         return;
     }
-    let mut by_basename: std::collections::HashMap<(bool, &[u8]), ObjectId> = std::collections::HashMap::new();
-    let mut by_dir_and_extension: std::collections::HashMap<(bool, &[u8], &[u8]), ObjectId> =
-        std::collections::HashMap::new();
-    for removed in &moves.removed {
-        by_basename.entry((removed.is_tree, removed.basename())).or_insert(removed.id);
+    // Positions in `moves.removed`, by (is a tree, file name) and by (is a tree, directory,
+    // extension).
+    let mut by_basename: Candidates<(bool, &[u8])> = Candidates::new();
+    let mut by_dir_and_extension: Candidates<(bool, &[u8], &[u8])> = Candidates::new();
+    for (at, removed) in moves.removed.iter().enumerate() {
+        by_basename.entry((removed.is_tree, removed.basename())).or_default().push(at);
         if let Some(extension) = removed.extension() {
-            by_dir_and_extension.entry((removed.is_tree, removed.dir(), extension)).or_insert(removed.id);
+            by_dir_and_extension.entry((removed.is_tree, removed.dir(), extension)).or_default().push(at);
         }
     }
+    let mut used = vec![false; moves.removed.len()];
+    let common_suffix = |a: &[u8], b: &[u8]| a.iter().rev().zip(b.iter().rev()).take_while(|(x, y)| x == y).count();
     for added in &moves.added {
-        let base = by_basename.get(&(added.is_tree, added.basename())).or_else(|| {
-            let extension = added.extension()?;
-            by_dir_and_extension.get(&(added.is_tree, added.dir(), extension))
+        let unused = |at: &&usize| !used[**at] && moves.removed[**at].id != added.id;
+        let moved = by_basename.get(&(added.is_tree, added.basename())).and_then(|candidates| {
+            candidates
+                .iter()
+                .filter(unused)
+                .take(CANDIDATES)
+                .max_by_key(|&&at| common_suffix(&moves.removed[at].path, &added.path))
         });
-        if let Some(&base) = base
-            && base != added.id
-        {
-            bases.entry(added.id).or_insert(base);
+        let renamed = || {
+            let extension = added.extension()?;
+            by_dir_and_extension.get(&(added.is_tree, added.dir(), extension))?.iter().find(unused)
+        };
+        if let Some(&at) = moved.or_else(renamed) {
+            used[at] = true;
+            bases.entry(added.id).or_insert(moves.removed[at].id);
         }
     }
 }

@@ -525,6 +525,9 @@ fn read_object(
         && let Ok(Some((base, _))) = find.try_find(&base_id, base_buf)
         && base.data.len() <= MAX_DELTA_OBJECT
         && base.kind == data.kind
+        // An object far smaller than its base is rarely a delta of it (git's pack-objects
+        // skips those too), and indexing the base would cost more than the object.
+        && data.data.len() >= base.data.len() / 32
         && let Some(delta) = super::delta::encode(base.data, data.data, data.data.len() / DELTA_WORTH)
     {
         let kind = match at {

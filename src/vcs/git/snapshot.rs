@@ -91,15 +91,18 @@ fn back_up_with(job: Job<'_>, mut confirm: Option<Confirm<'_>>) -> Result<Backup
                     "the latest snapshot cached on this host is not the store's: reading the source again against the store's"
                 );
             }
-            // The guess was judged by sizes alone; the real chain is judged with its chunks.
-            let real = match real {
-                Some(chain) if worth_inheriting(store, name, &chain, path, true)? => Some(chain),
-                _ => None,
-            };
-            if !guessed_right || (base.is_some() && real.is_none()) {
-                base = real;
-                attempt = 0;
-                continue;
+            // The guess was judged by sizes alone; the real chain is judged with its chunks,
+            // unless the guess was right and already found not worth inheriting.
+            if !guessed_right || base.is_some() {
+                let real = match real {
+                    Some(chain) if worth_inheriting(store, name, &chain, path, true)? => Some(chain),
+                    _ => None,
+                };
+                if !guessed_right || real.is_none() {
+                    base = real;
+                    attempt = 0;
+                    continue;
+                }
             }
         }
         let outcome = match result {
