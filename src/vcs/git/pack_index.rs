@@ -21,6 +21,9 @@ pub struct IndexEntry {
     pub crc32: u32,
 }
 
+/// A version 2 index begins with the magic `\377tOc` and the version.
+const V2_HEADER: [u8; 8] = [0xff, b't', b'O', b'c', 0, 0, 0, 2];
+
 pub fn encode_v2(mut entries: Vec<IndexEntry>, pack_checksum: ObjectId) -> Result<Vec<u8>> {
     let kind = pack_checksum.kind();
     entries.sort_unstable_by_key(|e| e.id);
@@ -29,8 +32,7 @@ pub fn encode_v2(mut entries: Vec<IndexEntry>, pack_checksum: ObjectId) -> Resul
     }
     let hash_len = kind.len_in_bytes();
     let mut out = Vec::with_capacity(8 + 1024 + entries.len() * (hash_len + 8) + 2 * hash_len);
-    out.extend_from_slice(b"\xfftOc");
-    out.extend_from_slice(&2u32.to_be_bytes());
+    out.extend_from_slice(&V2_HEADER);
     let mut fan = [0u32; 256];
     for entry in &entries {
         fan[entry.id.as_bytes()[0] as usize] += 1;
@@ -72,16 +74,7 @@ pub fn encode_v2(mut entries: Vec<IndexEntry>, pack_checksum: ObjectId) -> Resul
 /// index is an error rather than offsets that send a restore astray.
 pub fn decode_v2(index: &[u8], kind: gix::hash::Kind) -> Result<(Vec<IndexEntry>, ObjectId)> {
     let hash_len = kind.len_in_bytes();
-    if index.len() < 8 + 1024 + 2 * hash_len || index[..8] != [0xff, b't', b'O', b'c', 0, 0, 0, 2] {
-        bail!("not a version 2 pack index");
-    }
-    let (body, own) = index.split_at(index.len() - hash_len);
-    let mut hasher = gix::hash::hasher(kind);
-    hasher.update(body);
-    let actual = hasher.try_finalize().map_err(|e| anyhow!("hashing the index: {e}"))?;
-    if actual.as_slice() != own {
-        bail!("the pack index does not match its own checksum");
-    }
+    let body = checked_body(index, kind)?;
     let word = |at: usize| u32::from_be_bytes(index[at..at + 4].try_into().expect("4 bytes"));
     let mut previous = 0;
     for i in 0..256 {
@@ -119,27 +112,34 @@ pub fn decode_v2(index: &[u8], kind: gix::hash::Kind) -> Result<(Vec<IndexEntry>
     Ok((entries, ObjectId::from_bytes_or_panic(&body[pack_at..])))
 }
 
-/// Whether a version 2 index lists `id`: the fan-out table narrows the range of sorted ids,
-/// a binary search finds it.
+/// The body of a whole version 2 index (all but its own trailing checksum, which must be
+/// the hash of the body): the pack's checksum at its end.
+fn checked_body(index: &[u8], kind: gix::hash::Kind) -> Result<&[u8]> {
+    let hash_len = kind.len_in_bytes();
+    if index.len() < 8 + 1024 + 2 * hash_len || index[..8] != V2_HEADER {
+        bail!("not a version 2 pack index");
+    }
+    let (body, own) = index.split_at(index.len() - hash_len);
+    let mut hasher = gix::hash::hasher(kind);
+    hasher.update(body);
+    let actual = hasher.try_finalize().map_err(|e| anyhow!("hashing the index: {e}"))?;
+    if actual.as_slice() != own {
+        bail!("the pack index does not match its own checksum");
+    }
+    Ok(body)
+}
+
 /// Whether `index` is a whole version 2 index of the pack whose trailing checksum is `pack`:
 /// it names that pack, and its own trailing checksum is the hash of what precedes it.
 pub fn is_index_of(index: &[u8], pack: &gix::oid) -> bool {
-    let hash_len = pack.as_bytes().len();
-    if index.len() < 8 + 1024 + 2 * hash_len || index[..8] != [0xff, b't', b'O', b'c', 0, 0, 0, 2] {
-        return false;
-    }
-    let (content, trailer) = index.split_at(index.len() - hash_len);
-    if &content[content.len() - hash_len..] != pack.as_bytes() {
-        return false;
-    }
-    let mut hasher = gix::hash::hasher(pack.kind());
-    hasher.update(content);
-    hasher.try_finalize().is_ok_and(|hash| hash.as_bytes() == trailer)
+    checked_body(index, pack.kind()).is_ok_and(|body| body.ends_with(pack.as_bytes()))
 }
 
+/// Whether a version 2 index lists `id`: the fan-out table narrows the range of sorted ids,
+/// a binary search finds it.
 pub fn contains_v2(index: &[u8], id: &gix::oid) -> Result<bool> {
     let hash_len = id.as_bytes().len();
-    if index.len() < 8 + 1024 || index[..8] != [0xff, b't', b'O', b'c', 0, 0, 0, 2] {
+    if index.len() < 8 + 1024 || index[..8] != V2_HEADER {
         bail!("not a version 2 pack index");
     }
     let fanout =
