@@ -373,13 +373,18 @@ pub fn write_pack(
     let objects_dir = repo.git_dir().join("objects");
     // A first snapshot counted by git needs no walk of its own: what git lists is every
     // object, commits included (walking 85k commits first cost 0.5 s on git.git).
+    // Whether git's count was already compared with the source's one pack, and differed.
+    let mut found_not_as_is = false;
     let (git_counted, listed_packs) = if full {
         let packs = source_packs(&objects_dir, object_hash)?;
         let counted = match packs.as_slice() {
             [pack] if looks_repacked(&objects_dir, pack) => {
                 match count_while_copying(store, pack, repo.git_dir(), refs, limiter, &timer)? {
                     Speculation::Stored(outcome) => return Ok(outcome),
-                    Speculation::NotAsIs(counted) => counted,
+                    Speculation::NotAsIs(counted) => {
+                        found_not_as_is = counted.is_some();
+                        counted
+                    }
                 }
             }
             _ => count_with_git(repo.git_dir(), refs, &timer),
@@ -452,6 +457,7 @@ pub fn write_pack(
     // leaves), is that pack: it is stored as it is, with its own index.
     if let [pack] = source_packs.as_slice()
         && full
+        && !found_not_as_is
         && holds_exactly(pack, &counted)
     {
         tracing::debug!("the snapshot is the source's one pack: storing it as it is");
