@@ -573,9 +573,7 @@ fn a_source_delta_against_a_stored_object_is_kept_across_a_rename() {
     env.restore("forge", &env.path("at-first"), Some(listed[0]["id"].as_str().unwrap()));
     fsck(&env.path("at-first"));
     assert_eq!(ref_state(&env.path("at-first")), first);
-    env.restore_matches("forge", &env.path("out"), &forge);
-    let verify = env.rv(&["verify", "--deep"]);
-    assert_eq!(code(&verify), 0, "{}", stderr(&verify));
+    restores_exactly(&env, "forge", &forge);
 }
 
 /// A commit that brings back what an older snapshot already holds (a revert: its tree and
@@ -599,9 +597,7 @@ fn a_revert_stores_only_its_commit() {
     let packs = latest["packs"].as_array().unwrap();
     assert_eq!(packs.len(), 3, "{latest}");
     assert_eq!(packs[2]["objects"], 1, "the revert's pack holds its commit alone: {}", packs[2]);
-    env.restore_matches("src", &env.path("out"), &repo);
-    let verify = env.rv(&["verify", "--deep"]);
-    assert_eq!(code(&verify), 0, "{}", stderr(&verify));
+    restores_exactly(&env, "src", &repo);
 }
 
 /// The pack bytes of snapshot `nth` (0: the first) of `name`, which must be incremental on
